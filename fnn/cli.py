@@ -12,7 +12,10 @@ import importlib
 import sys
 
 # subcommand name -> module implementing it
-_COMMANDS: dict[str, str] = {}
+_COMMANDS: dict[str, str] = {
+    "train": "fnn.cli_train",
+    "check": "fnn.cli_check",
+}
 
 
 class UsageError(Exception):
@@ -61,4 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Under `python -m fnn.cli` this file runs as __main__, a second copy of the module whose
+    # UsageError differs from the fnn.cli.UsageError subcommands raise; dispatch via fnn.cli.
+    from fnn.cli import main as _main
+
+    sys.exit(_main())
