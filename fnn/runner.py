@@ -95,16 +95,21 @@ def main(args, start: float) -> int:
     from fnn import checkpoint, data, train
 
     saved_history: dict = {}
+    path = None
     resume_state = None
     if args.resume:
         path = checkpoint.latest(out)
         if path is None:
-            raise UsageError(f"--resume: no checkpoint (ckpt-*.npz) in {out}")
-        meta = checkpoint.info(path)["metadata"]
-        epochs = cfg["epochs"] if args.epochs is not None else meta["config"]["epochs"]
-        cfg = {**meta["config"], "epochs": epochs,
-               "checkpoint_every": cfg["checkpoint_every"] or meta["config"]["checkpoint_every"]}
-        saved_history = meta.get("history", {})
+            # Nothing saved yet (killed before the first checkpoint): start from scratch, so
+            # a restart loop can always pass --resume.
+            console.print(f"--resume: no checkpoint in {out} yet; starting a new run")
+        else:
+            meta = checkpoint.info(path)["metadata"]
+            epochs = cfg["epochs"] if args.epochs is not None else meta["config"]["epochs"]
+            cfg = {**meta["config"], "epochs": epochs,
+                   "checkpoint_every": cfg["checkpoint_every"]
+                   or meta["config"]["checkpoint_every"]}
+            saved_history = meta.get("history", {})
     if len(cfg["lr"]) > 1 or cfg["seeds"]:
         from fnn import sweep
 
@@ -119,7 +124,7 @@ def main(args, start: float) -> int:
     yte = targets(loss, ds.y_test, ds.classes)
     key = jax.random.key(cfg["seed"])
     devices = None if cfg["devices"] == 1 else cfg["devices"]
-    if args.resume:
+    if args.resume and path is not None:
         k_init, k_run = jax.random.split(key)
         like = train.init_state(model.init(k_init), opt, k_run)
         resume_state, _ = checkpoint.restore(path, like)
@@ -163,8 +168,8 @@ def main(args, start: float) -> int:
               file=__import__("sys").stderr)
         return 1
 
-    full = {HISTORY_KEYS[k]: saved_history.get(HISTORY_KEYS[k], []) + [*v]
-            for k, v in history.items() if k in HISTORY_KEYS}
+    full = {HISTORY_KEYS[k]: [*saved_history.get(k, []), *history.get(k, [])]
+            for k in {*saved_history, *history} if k in HISTORY_KEYS}
     test = train.evaluate(model, loss, state.params, (ds.x_test, yte)) if eval_data else {}
     elapsed = time.perf_counter() - start
     result = {
