@@ -13,7 +13,9 @@ Example:
     (2, 3)
 """
 
-from fnn import activations, layers, losses, models
+from fnn import activations, layers, losses, models  # isort: split
+
+from fnn import backprop, check, checkpoint, data, diagnostics, optim, parallel, train
 from fnn.layers import Layer
 from fnn.models import Model, build, mlp, serial
 
@@ -23,6 +25,14 @@ __all__ = [
     "Layer",
     "Model",
     "activations",
+    "backprop",
+    "check",
+    "checkpoint",
+    "data",
+    "diagnostics",
+    "optim",
+    "parallel",
+    "train",
     "build",
     "layers",
     "losses",

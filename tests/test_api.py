@@ -10,7 +10,15 @@ FIXED = {
     "fnn": ["mlp"],
     "fnn.activations": ["sigmoid", "tanh", "relu", "leaky_relu", "softmax", "get"],
     "fnn.losses": ["get"],
-    "fnn.backprop": ["value_and_grad", "grad"],
+    "fnn.backprop": ["value_and_grad", "grad", "manual_vjp"],
+    "fnn.check": ["compare", "assert_grads_close", "numerical_grad", "check_model"],
+    "fnn.train": ["init_state", "make_step", "fit", "evaluate", "TrainState"],
+    "fnn.optim": ["get"],
+    "fnn.data": ["load", "xor", "moons", "circles", "spirals", "digits", "mnist"],
+    "fnn.checkpoint": ["save", "restore", "latest"],
+    "fnn.diagnostics": ["grad_norms", "unit_stats", "update_ratios", "lr_find"],
+    "fnn.parallel": ["make_mesh"],
+    "fnn.cli": ["main"],
 }
 
 
@@ -30,6 +38,23 @@ def test_registries_hold_the_fixed_names():
     for name in ["mse", "binary_cross_entropy", "softmax_cross_entropy"]:
         rec = losses.get(name)
         assert callable(rec.fn) and callable(rec.grad)
+
+
+def test_train_state_fields():
+    from fnn import train
+
+    assert train.TrainState._fields == ("params", "opt_state", "step", "key")
+
+
+def test_console_script_lists_the_subcommands():
+    out = subprocess.run([sys.executable, "-m", "fnn.cli", "--help"], capture_output=True,
+                         text=True, timeout=120, check=True)
+    for name in ("train", "check"):
+        assert name in out.stdout
+    for name in ("train", "check"):
+        sub = subprocess.run([sys.executable, "-m", "fnn.cli", name, "--help"],
+                             capture_output=True, text=True, timeout=120)
+        assert sub.returncode == 0 and "--json" in sub.stdout
 
 
 def test_import_fnn_does_not_import_matplotlib():
