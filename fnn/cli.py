@@ -15,6 +15,7 @@ import sys
 _COMMANDS: dict[str, str] = {
     "train": "fnn.cli_train",
     "check": "fnn.cli_check",
+    "lr-find": "fnn.cli_lrfind",
 }
 
 
