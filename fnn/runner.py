@@ -85,14 +85,18 @@ def targets(loss: str, y, classes: int):
 
 def main(args, start: float) -> int:
     cfg = _parse_config(args)
-    out = _prepare_out(args.out, args.resume)
-    console = _console(args.quiet)
+    # Multi-process (issue 9): join the job before anything touches a device; process 0
+    # alone writes --out (the others only read its checkpoints on --resume).
+    procs = getattr(args, "num_processes", 1)
+    main_process = _join(args, procs)
+    out = _prepare_out(args.out, args.resume) if main_process or args.out else None
+    console = _console(args.quiet or not main_process)
     if args.json:
         _write_json_check(args.json)
 
     import jax
 
-    from fnn import checkpoint, data, train
+    from fnn import checkpoint, data, parallel, train
 
     saved_history: dict = {}
     path = None
@@ -111,6 +115,9 @@ def main(args, start: float) -> int:
                    or meta["config"]["checkpoint_every"]}
             saved_history = meta.get("history", {})
     if len(cfg["lr"]) > 1 or cfg["seeds"]:
+        if procs > 1:
+            raise UsageError("--num-processes: a multi-process job trains one run; run sweeps "
+                             "(several --lr values or --seeds) in one process")
         from fnn import sweep
 
         return sweep.main(cfg, args, out, console, start)
@@ -124,6 +131,8 @@ def main(args, start: float) -> int:
     yte = targets(loss, ds.y_test, ds.classes)
     key = jax.random.key(cfg["seed"])
     devices = None if cfg["devices"] == 1 else cfg["devices"]
+    if procs > 1 and devices is None:
+        devices = "all"  # a multi-process job trains over every process's devices
     if args.resume and path is not None:
         k_init, k_run = jax.random.split(key)
         like = train.init_state(model.init(k_init), opt, k_run)
@@ -140,8 +149,9 @@ def main(args, start: float) -> int:
 
     def callback(e, state, history):
         if every:
-            if (e + 1) % every == 0 or e + 1 == cfg["epochs"]:
-                checkpoint.save(out, state, step=int(state.step),
+            if main_process and ((e + 1) % every == 0 or e + 1 == cfg["epochs"]):
+                state_here = parallel.host_local(state)  # saving runs no multi-process program
+                checkpoint.save(out, state_here, step=int(state_here.step),
                                 metadata=metadata(e + 1, history), keep=args.keep)
             last["state"] = jax.tree.map(lambda a: a.copy(), state)  # survives donation
             last["epoch"], last["history"] = e + 1, {k: list(v) for k, v in history.items()}
@@ -154,14 +164,18 @@ def main(args, start: float) -> int:
             eval_data=eval_data, grad=cfg["grad"], devices=devices, progress=not args.quiet,
             init=resume_state, on_nonfinite=cfg["on_nonfinite"], callback=callback)
     except KeyboardInterrupt:
-        if last["state"] is not None:
-            p = checkpoint.save(out, last["state"], step=int(last["state"].step),
+        if last["state"] is not None and main_process:
+            p = checkpoint.save(out, parallel.host_local(last["state"]),
+                                step=int(last["state"].step),
                                 metadata=metadata(last["epoch"], last["history"]),
                                 keep=args.keep)
             console.print(f"interrupted: saved {p}; continue with --resume --out {out}")
         raise
     except train.NonFiniteError as err:
-        p = checkpoint.save(os.path.join(out, "last-finite"), err.state,
+        if not main_process:
+            print(f"fnn train: error: {str(err).split(';')[0]}", file=__import__("sys").stderr)
+            return 1
+        p = checkpoint.save(os.path.join(out, "last-finite"), parallel.host_local(err.state),
                             step=int(err.state.step), metadata=metadata(err.epoch, err.history))
         console.print(f"[red]fnn train: {err}[/red]\nlast finite state saved to {p}")
         print(f"fnn train: error: {str(err).split(';')[0]}; last finite state saved to {p}",
@@ -170,7 +184,8 @@ def main(args, start: float) -> int:
 
     full = {HISTORY_KEYS[k]: [*saved_history.get(k, []), *history.get(k, [])]
             for k in {*saved_history, *history} if k in HISTORY_KEYS}
-    test = train.evaluate(model, loss, state.params, (ds.x_test, yte)) if eval_data else {}
+    params = parallel.host_local(state.params)  # replicated: this process's copy, whole
+    test = train.evaluate(model, loss, params, (ds.x_test, yte)) if eval_data else {}
     elapsed = time.perf_counter() - start
     result = {
         "config": cfg,
@@ -179,15 +194,40 @@ def main(args, start: float) -> int:
         "history": full,
         "epochs": len(full.get("train_loss", [])),
         "skipped": sum(full.get("skipped", [])) if "skipped" in full else None,
-        "params_digest": params_digest(state.params),
-        "device": _device_text(cfg["devices"]),
+        "params_digest": params_digest(params),
+        "device": _device_text("all" if devices == "all" else cfg["devices"]),
         "versions": _versions(),
         "seconds": elapsed,
         "out": out,
     }
-    _write_outputs(out, result, state.params, args.json)
+    if procs > 1:
+        result["process"] = {"index": jax.process_index(), "count": jax.process_count()}
+    if main_process:
+        _write_outputs(out, result, params, args.json)
+    elif args.json:  # every process may report to its own --json file
+        _write_json(args.json, result)
     _summary(console, result, out)
     return 0
+
+
+def _join(args, procs: int) -> bool:
+    """Start ``jax.distributed`` for ``--num-processes > 1``; True on the writing process."""
+    coordinator = getattr(args, "coordinator", None)
+    if procs == 1 and coordinator is None:
+        return True
+    from fnn import parallel
+
+    try:
+        parallel.initialize(coordinator, procs, getattr(args, "process_id", 0))
+    except ValueError as err:
+        msg = str(err)
+        for word, flag in (("coordinator:", "--coordinator:"),
+                           ("num_processes:", "--num-processes:"),
+                           ("process_id:", "--process-id:")):
+            if msg.startswith(word):
+                msg = flag + msg[len(word):]
+        raise UsageError(msg) from None
+    return parallel.is_main()
 
 
 def _write_json_check(path: str) -> None:

@@ -653,7 +653,9 @@ def fit(model: Model, loss, optimizer: optax.GradientTransformation, data, *, ep
         eval_data: optional ``(x, y)`` evaluated after every epoch.
         grad: ``"autodiff"`` or ``"manual"`` (the hand-written sweep).
         devices: ``None`` (default device), an int, ``"all"`` or a device list:
-            data-parallel over a one-axis mesh; ``batch_size`` must divide evenly.
+            data-parallel over a one-axis mesh; ``batch_size`` must divide evenly. In a
+            multi-process job (:func:`fnn.parallel.initialize`) the devices are global,
+            ``None`` means ``"all"``, and each process passes the same ``data`` and ``key``.
         progress: show a rich progress bar over epochs with live metrics.
         init: ``None`` (``model.init``), parameters, or a :class:`TrainState` at an epoch
             boundary to resume from (epoch ``state.step // steps_per_epoch``; resuming
@@ -690,6 +692,8 @@ def fit(model: Model, loss, optimizer: optax.GradientTransformation, data, *, ep
     x, y = _check_data(model, loss, data, "data")
     n = len(x)
     b = _batch_size(batch_size, n, "batch_size")
+    if devices is None and jax.process_count() > 1:  # multi-process (issue 9): one global mesh
+        devices = "all"
     mesh = None if devices is None else _parallel.make_mesh(devices)
     _parallel.check_divisible(b, mesh)
     if on_nonfinite not in ON_NONFINITE:
@@ -713,8 +717,8 @@ def fit(model: Model, loss, optimizer: optax.GradientTransformation, data, *, ep
         state = init
     if mode == "skip":  # the skip epoch donates its input: keep the caller's arrays intact
         state = _copy(state)
-    if mesh is not None:
-        state = jax.device_put(state, _parallel.replicated(mesh))
+    if mesh is not None:  # put_*: jax.device_put, or each process's part (multi-process)
+        state = _parallel.put_replicated(state, mesh)
     steps = n // b
     done = int(state.step)
     if done % steps:
@@ -723,12 +727,12 @@ def fit(model: Model, loss, optimizer: optax.GradientTransformation, data, *, ep
             f"with n={n}, batch_size={b}); resume from an end-of-epoch state, or pass "
             f"init=state.params to start a new run from these parameters")
     place = (lambda a: jax.device_put(a)) if mesh is None else (
-        lambda a: jax.device_put(a, _parallel.replicated(mesh)))
+        lambda a: _parallel.put_replicated(a, mesh))
     x, y = place(x), place(y)
     if eval_data is not None:
         ex, ey = place(ex), place(ey)
     idx_place = (lambda a: jax.device_put(a)) if mesh is None else (
-        lambda a: jax.device_put(a, _parallel.batch_sharding(mesh, axis=1)))
+        lambda a: _parallel.put_sharded(a, _parallel.batch_sharding(mesh, axis=1)))
 
     history: dict[str, list] = {}
     first = done // steps
