@@ -110,6 +110,14 @@ def main(args, start: float) -> int:
         else:
             meta = checkpoint.info(path)["metadata"]
             epochs = cfg["epochs"] if args.epochs is not None else meta["config"]["epochs"]
+            if epochs != meta["config"]["epochs"] and meta["config"]["schedule"] != "constant":
+                # The schedule's length is part of the optimizer: a run extended under another
+                # length would not be the run that was checkpointed.
+                raise UsageError(
+                    f"--epochs: the checkpointed run uses the {meta['config']['schedule']!r} "
+                    f"schedule over {meta['config']['epochs']} epochs; it can only resume to "
+                    f"that length (start a new run to train longer, or use --schedule "
+                    f"constant to extend runs)")
             cfg = {**meta["config"], "epochs": epochs,
                    "checkpoint_every": cfg["checkpoint_every"]
                    or meta["config"]["checkpoint_every"]}

@@ -259,3 +259,12 @@ def test_command_out_is_a_file(tmp_path, capsys):
 
 def test_battery_size():
     assert len(API_CASES) + len(CLI_CASES) + 9 >= 40
+
+
+def test_command_resume_refuses_to_stretch_a_schedule(run_folder, capsys):
+    before = _tree_hash(run_folder)
+    code = cli.main(["train", "--quiet", "--resume", "--epochs", "9", "--out", str(run_folder)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--epochs: the checkpointed run uses the 'cosine' schedule over 2 epochs" in err
+    assert _tree_hash(run_folder) == before
