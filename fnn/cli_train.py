@@ -82,6 +82,9 @@ def add_parser(sub) -> None:
                    help="multi-process: address of process 0")
     p.add_argument("--num-processes", type=int, default=1)
     p.add_argument("--process-id", type=int, default=0)
+    p.add_argument("--heartbeat-timeout", type=int, default=None, metavar="SECONDS",
+                   help="multi-process: abort when a peer is silent this long (JAX's "
+                        "default 100 s; or FNN_HEARTBEAT_TIMEOUT)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 

@@ -226,7 +226,8 @@ def _join(args, procs: int) -> bool:
     from fnn import parallel
 
     try:
-        parallel.initialize(coordinator, procs, getattr(args, "process_id", 0))
+        parallel.initialize(coordinator, procs, getattr(args, "process_id", 0),
+                            heartbeat_timeout=getattr(args, "heartbeat_timeout", None))
     except ValueError as err:
         msg = str(err)
         for word, flag in (("coordinator:", "--coordinator:"),
