@@ -190,12 +190,23 @@ def _sce_grad(pred: Array, target: Array) -> Array:
     return (softmax(pred, axis=-1) * jnp.sum(t, axis=-1, keepdims=True) - t) / pred.shape[0]
 
 
+def _first_argmax(a: Array) -> Array:
+    """``argmax(a, axis=-1)`` (first index on ties) as a max, a compare and a min.
+
+    XLA's CPU argmax is a variadic reduce that does not fuse; this form fuses with the rest of
+    a training step (measured: a 256-wide step went from 1.14-1.22x a raw step to 1.035x).
+    """
+    iota = jax.lax.broadcasted_iota(jnp.int32, a.shape, a.ndim - 1)
+    top = a == jnp.max(a, axis=-1, keepdims=True)
+    return jnp.min(jnp.where(top, iota, a.shape[-1]), axis=-1)
+
+
 def _sce_accuracy(pred: Array, target: Array) -> Array:
     if jnp.issubdtype(jnp.result_type(target), jnp.integer):
         labels = target
     else:
-        labels = jnp.argmax(target, axis=-1)
-    return jnp.mean((jnp.argmax(pred, axis=-1) == labels).astype(pred.dtype))
+        labels = _first_argmax(target)
+    return jnp.mean((_first_argmax(pred) == labels).astype(pred.dtype))
 
 
 def _sce_validate(pred: Array, target: Array) -> None:

@@ -119,3 +119,13 @@ def test_bad_labels_are_named():
         ce.fn(jnp.zeros((4, 3), jnp.int32), jnp.zeros(4, jnp.int32))
     with pytest.raises(ValueError, match=r"mse: target must have the shape of pred \(4, 3\)"):
         losses.get("mse").fn(logits, jnp.zeros((4,)))
+
+
+def test_accuracy_breaks_ties_like_argmax():
+    ce = losses.get("softmax_cross_entropy")
+    logits = jnp.array([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0], [3.0, 3.0, 3.0]])
+    first = jnp.argmax(logits, axis=-1)  # [0, 1, 0]
+    assert float(ce.accuracy(logits, first)) == 1.0
+    assert float(ce.accuracy(logits, jnp.array([1, 2, 2]))) == 0.0  # ties are not all hits
+    onehot = jax.nn.one_hot(jnp.array([0, 2, 1]), 3)
+    assert float(ce.accuracy(logits, onehot)) == pytest.approx(1 / 3)
