@@ -796,3 +796,13 @@ class _Bar:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+def __getattr__(name: str):
+    # fnn.train.fit_many lives in fnn.many, which builds on this module; resolve it lazily
+    # so the two modules do not import each other at load time.
+    if name == "fit_many":
+        from fnn.many import fit_many
+
+        return fit_many
+    raise AttributeError(f"module 'fnn.train' has no attribute {name!r}")

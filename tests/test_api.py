@@ -12,7 +12,7 @@ FIXED = {
     "fnn.losses": ["get"],
     "fnn.backprop": ["value_and_grad", "grad", "manual_vjp"],
     "fnn.check": ["compare", "assert_grads_close", "numerical_grad", "check_model"],
-    "fnn.train": ["init_state", "make_step", "fit", "evaluate", "TrainState"],
+    "fnn.train": ["init_state", "make_step", "fit", "evaluate", "TrainState", "fit_many"],
     "fnn.optim": ["get"],
     "fnn.data": ["load", "xor", "moons", "circles", "spirals", "digits", "mnist"],
     "fnn.checkpoint": ["save", "restore", "latest"],
