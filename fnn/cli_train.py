@@ -6,7 +6,8 @@ ReLU, Adam at 2e-3 with a cosine decay to 0, batch 32, 60 epochs, on scikit-lear
 0.983, 0.983, 0.986, 0.986 for seeds 0-4, in 3-9 s. It shows a progress bar, ends with a
 summary table, and writes to ``--out`` (default ``runs/<date-time>/``): ``metrics.json``,
 ``curves.png`` and ``params.npz`` (the final parameters, one array per leaf, named by pytree
-path), plus ``ckpt-*.npz`` checkpoints with ``--checkpoint-every``.
+path) and ``ckpt-*.npz``: a checkpoint of the final training state, plus one every N
+epochs with ``--checkpoint-every N``.
 """
 
 from __future__ import annotations

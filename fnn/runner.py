@@ -156,11 +156,15 @@ def main(args, start: float) -> int:
         return {"config": cfg, "history": merged, "epoch": epoch}
 
     def callback(e, state, history):
+        # The last epoch is always checkpointed, so every finished run leaves a state on
+        # disk that --resume (or checkpoint.restore) can pick up; --checkpoint-every N adds
+        # one every N epochs and the newest state for Ctrl-C.
+        due = e + 1 == cfg["epochs"] or (every and (e + 1) % every == 0)
+        if due and main_process:
+            state_here = parallel.host_local(state)  # saving runs no multi-process program
+            checkpoint.save(out, state_here, step=int(state_here.step),
+                            metadata=metadata(e + 1, history), keep=args.keep)
         if every:
-            if main_process and ((e + 1) % every == 0 or e + 1 == cfg["epochs"]):
-                state_here = parallel.host_local(state)  # saving runs no multi-process program
-                checkpoint.save(out, state_here, step=int(state_here.step),
-                                metadata=metadata(e + 1, history), keep=args.keep)
             last["state"] = jax.tree.map(lambda a: a.copy(), state)  # survives donation
             last["epoch"], last["history"] = e + 1, {k: list(v) for k, v in history.items()}
         return False

@@ -34,6 +34,7 @@ def test_default_run_reaches_097_on_digits(tmp_path):
     assert {"fnn", "jax", "optax", "python"} <= set(result["versions"])
     for name in ("metrics.json", "curves.png", "params.npz"):
         assert (out / name).stat().st_size > 0, name
+    assert [p.name for p in out.glob("ckpt-*.npz")] == [f"ckpt-{60 * 44:08d}.npz"]
     assert "test accuracy" in res.stdout and "device" in res.stdout  # the summary table
     assert json.loads((out / "metrics.json").read_text())["params_digest"] == \
         result["params_digest"]
