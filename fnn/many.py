@@ -69,6 +69,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fnn import losses as _losses
 from fnn import models as _models
+from fnn import optim as _optim
 from fnn import parallel as _parallel
 from fnn import train as _train
 
@@ -266,25 +267,8 @@ def _init_program(model, factory, rep, hp):
 
 
 def _current_lr(opt_state):
-    """The innermost ``learning_rate`` of nested inject_hyperparams states (the applied one:
-    an outer injected peak feeds an inner schedule), or None."""
-    kinds = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
-    found = [None]
-
-    def visit(node):
-        if isinstance(node, kinds):
-            if "learning_rate" in node.hyperparams:
-                found[0] = node.hyperparams["learning_rate"]
-            visit(node.inner_state)
-        elif isinstance(node, (tuple, list)):
-            for child in node:
-                visit(child)
-        elif isinstance(node, dict):
-            for child in node.values():
-                visit(child)
-
-    visit(opt_state)
-    return None if found[0] is None else jnp.asarray(found[0])
+    """The applied learning rate (innermost of nested inject_hyperparams states), or None."""
+    return _optim.learning_rate(opt_state)
 
 
 def _runs_sharding(mesh, axis):

@@ -226,6 +226,7 @@ def _inject_states(opt_state) -> list:
     def visit(node):
         if isinstance(node, kinds):
             nodes.append(node)
+            visit(node.inner_state)  # nested injection: an outer peak feeding a schedule
             return
         if isinstance(node, (tuple, list)):
             for child in node:
@@ -246,9 +247,12 @@ def learning_rate(opt_state):
     Returns:
         A scalar array (after ``init``: the rate the first update will use), or ``None`` when
         no ``optax.inject_hyperparams`` state holding ``learning_rate`` is found, e.g. for a
-        plain ``optax.adam(1e-3)``.
+        plain ``optax.adam(1e-3)``. With nested injection (an outer injected peak feeding an
+        inner schedule, as :func:`fnn.many.fit_many` builds) the innermost rate, the one the
+        update applied, is returned.
     """
+    found = None
     for node in _inject_states(opt_state):
         if "learning_rate" in node.hyperparams:
-            return jnp.asarray(node.hyperparams["learning_rate"])
-    return None
+            found = node.hyperparams["learning_rate"]
+    return None if found is None else jnp.asarray(found)
