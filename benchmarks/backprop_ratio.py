@@ -70,7 +70,10 @@ def bench(name: str, rounds: int, min_time: float) -> dict:
             out.append(_time(fn, args, calls))
         ratios.append(t_manual[-1] / t_auto[-1])
     return {
-        "sizes": sizes, "batch": batch, "rounds": rounds, "calls_per_timing": calls,
+        "sizes": sizes,
+        "batch": batch,
+        "rounds": rounds,
+        "calls_per_timing": calls,
         "manual_ms": 1e3 * statistics.median(t_manual),
         "autodiff_ms": 1e3 * statistics.median(t_auto),
         "ratio": statistics.median(ratios),
@@ -92,22 +95,36 @@ def main(argv=None) -> int:
 
     device = jax.devices()[0]
     print("fnn backprop ratio: jit(fnn.backprop.value_and_grad) / jit(jax.value_and_grad)")
-    print(f"device {device.platform} ({device.device_kind}), {os.cpu_count()} cpus, "
-          f"jax {jax.__version__}, {rounds} rounds; target ratio <= 1.10")
+    print(
+        f"device {device.platform} ({device.device_kind}), {os.cpu_count()} cpus, "
+        f"jax {jax.__version__}, {rounds} rounds; target ratio <= 1.10"
+    )
     results = {}
     for name in names:
         res = bench(name, rounds, min_time)
         results[name] = res
         sizes = "-".join(map(str, res["sizes"]))
-        print(f"{name:>6} {sizes:>22} batch {res['batch']:>4}: manual "
-              f"{res['manual_ms']:9.3f} ms  autodiff {res['autodiff_ms']:9.3f} ms  "
-              f"ratio {res['ratio']:.3f}", flush=True)
+        print(
+            f"{name:>6} {sizes:>22} batch {res['batch']:>4}: manual "
+            f"{res['manual_ms']:9.3f} ms  autodiff {res['autodiff_ms']:9.3f} ms  "
+            f"ratio {res['ratio']:.3f}",
+            flush=True,
+        )
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"results": results, "device": str(device), "platform": device.platform,
-                       "cpus": os.cpu_count(), "python": platform.python_version(),
-                       "versions": {"fnn": fnn.__version__, "jax": jax.__version__},
-                       "quick": args.quick}, fh, indent=2)
+            json.dump(
+                {
+                    "results": results,
+                    "device": str(device),
+                    "platform": device.platform,
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "versions": {"fnn": fnn.__version__, "jax": jax.__version__},
+                    "quick": args.quick,
+                },
+                fh,
+                indent=2,
+            )
             fh.write("\n")
     return 0
 

@@ -48,8 +48,10 @@ def _devices_flag(argv) -> int:
 
 
 if __name__ == "__main__" and _devices_flag(sys.argv[1:]) > 1:  # before JAX starts
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
-                               f"device_count={_devices_flag(sys.argv[1:])}").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
+        f"device_count={_devices_flag(sys.argv[1:])}"
+    ).strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -74,8 +76,11 @@ def dataset():
         return x, y, "digits (train + test)"
     except ImportError:
         r = np.random.default_rng(0)
-        return (r.normal(size=(1797, 64)).astype(np.float32),
-                r.integers(0, 10, 1797).astype(np.int32), "synthetic 1797 x 64")
+        return (
+            r.normal(size=(1797, 64)).astype(np.float32),
+            r.integers(0, 10, 1797).astype(np.int32),
+            "synthetic 1797 x 64",
+        )
 
 
 def matmul_rate() -> float:
@@ -99,15 +104,25 @@ def bench(k: int, rounds: int, model, opt, x, y, devices: int) -> dict:
     def sequential():
         seconds = 0.0
         for key in keys:
-            state, hist = train.fit(model, LOSS, opt, (x, y), epochs=1, batch_size=BATCH,
-                                    key=key, progress=False)
+            state, hist = train.fit(
+                model, LOSS, opt, (x, y), epochs=1, batch_size=BATCH, key=key, progress=False
+            )
             seconds += hist["seconds"][0]
         jax.block_until_ready(state)
         return seconds
 
     def sweep(split=None):
-        states, hists = many.fit_many(model, LOSS, opt, (x, y), epochs=1, batch_size=BATCH,
-                                      keys=keys, progress=False, devices=split)
+        states, hists = many.fit_many(
+            model,
+            LOSS,
+            opt,
+            (x, y),
+            epochs=1,
+            batch_size=BATCH,
+            keys=keys,
+            progress=False,
+            devices=split,
+        )
         jax.block_until_ready(states)
         return hists[0]["seconds"][0]
 
@@ -118,7 +133,7 @@ def bench(k: int, rounds: int, model, opt, x, y, devices: int) -> dict:
         fn()
     times = {name: [] for name in variants}
     for r in range(rounds):  # interleaved, alternating order: drift hits every variant alike
-        for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
+        for name in list(variants) if r % 2 == 0 else list(variants)[::-1]:
             t0 = time.perf_counter()
             ep = variants[name]()
             times[name].append((time.perf_counter() - t0, ep))
@@ -128,9 +143,11 @@ def bench(k: int, rounds: int, model, opt, x, y, devices: int) -> dict:
         if name != "sequential":
             base = times["sequential"]
             row[f"{name}_call_ratio"] = statistics.median(
-                a / b for (a, _), (b, _) in zip(ts, base, strict=True))
+                a / b for (a, _), (b, _) in zip(ts, base, strict=True)
+            )
             row[f"{name}_epoch_ratio"] = statistics.median(
-                a / b for (_, a), (_, b) in zip(ts, base, strict=True))
+                a / b for (_, a), (_, b) in zip(ts, base, strict=True)
+            )
     return row
 
 
@@ -138,8 +155,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ks", default="1,8,32,128", help="sweep sizes, comma separated")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--devices", type=int, default=1,
-                        help="also time the sweep split over this many CPU devices")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="also time the sweep split over this many CPU devices",
+    )
     parser.add_argument("--json", default=None, metavar="PATH")
     args = parser.parse_args(argv)
     ks = [int(v) for v in args.ks.split(",")]
@@ -147,14 +168,15 @@ def main(argv=None) -> int:
     model = fnn.mlp(SIZES, activation="relu")
     opt = optax.adam(1e-3)
     steps = len(x) // BATCH
-    flops_epoch = 6 * BATCH * sum(a * b for a, b in zip(SIZES[:-1], SIZES[1:], strict=True)) \
-        * steps
+    flops_epoch = 6 * BATCH * sum(a * b for a, b in zip(SIZES[:-1], SIZES[1:], strict=True)) * steps
     rate = matmul_rate()
     rows = []
-    print(f"fnn.many sweep vs sequential fit: MLP {'-'.join(map(str, SIZES))}, batch {BATCH}, "
-          f"1 epoch of {len(x)} ({source}), adam; {jax.devices()[0].device_kind}, "
-          f"{os.cpu_count()} cores, {len(jax.devices())} device(s); matmul "
-          f"{rate / 1e9:.0f} GFLOP/s")
+    print(
+        f"fnn.many sweep vs sequential fit: MLP {'-'.join(map(str, SIZES))}, batch {BATCH}, "
+        f"1 epoch of {len(x)} ({source}), adam; {jax.devices()[0].device_kind}, "
+        f"{os.cpu_count()} cores, {len(jax.devices())} device(s); matmul "
+        f"{rate / 1e9:.0f} GFLOP/s"
+    )
     split = args.devices > 1
     head = f"{'K':>5} {'sequential':>11} {'sweep':>9} {'call':>7} {'epoch':>7}"
     if split:
@@ -164,24 +186,48 @@ def main(argv=None) -> int:
         row = bench(k, args.rounds, model, opt, x, y, args.devices)
         row["compute_floor_ratio"] = k * flops_epoch / rate / row["sequential_s"]
         rows.append(row)
-        line = (f"{k:>5} {row['sequential_s'] * 1e3:>9.1f}ms {row['sweep_s'] * 1e3:>7.1f}ms "
-                f"{row['sweep_call_ratio']:>7.3f} {row['sweep_epoch_ratio']:>7.3f}")
+        line = (
+            f"{k:>5} {row['sequential_s'] * 1e3:>9.1f}ms {row['sweep_s'] * 1e3:>7.1f}ms "
+            f"{row['sweep_call_ratio']:>7.3f} {row['sweep_epoch_ratio']:>7.3f}"
+        )
         if split:
-            line += (f" {row['split_s'] * 1e3:>7.1f}ms {row['split_call_ratio']:>7.3f} "
-                     f"{row['split_epoch_ratio']:>7.3f}" if "split_s" in row else
-                     f" {'n/a':>9} {'':>7} {'':>7}")
+            line += (
+                f" {row['split_s'] * 1e3:>7.1f}ms {row['split_call_ratio']:>7.3f} "
+                f"{row['split_epoch_ratio']:>7.3f}"
+                if "split_s" in row
+                else f" {'n/a':>9} {'':>7} {'':>7}"
+            )
         print(line + f" {row['compute_floor_ratio']:>7.3f}")
-    print("call: whole calls (sweep / K fits); epoch: epoch times only; floor: the K epochs' "
-          "FLOPs at the matmul rate / sequential time")
+    print(
+        "call: whole calls (sweep / K fits); epoch: epoch times only; floor: the K epochs' "
+        "FLOPs at the matmul rate / sequential time"
+    )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"config": {"sizes": SIZES, "batch": BATCH, "examples": len(x),
-                                  "data": source, "optimizer": "adam(1e-3)",
-                                  "rounds": args.rounds, "devices": args.devices},
-                       "matmul_flops": rate, "results": rows,
-                       "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
-                       "versions": {"jax": jax.__version__, "fnn": fnn.__version__,
-                                    "python": platform.python_version()}}, f, indent=2)
+            json.dump(
+                {
+                    "config": {
+                        "sizes": SIZES,
+                        "batch": BATCH,
+                        "examples": len(x),
+                        "data": source,
+                        "optimizer": "adam(1e-3)",
+                        "rounds": args.rounds,
+                        "devices": args.devices,
+                    },
+                    "matmul_flops": rate,
+                    "results": rows,
+                    "device": jax.devices()[0].device_kind,
+                    "cpu_count": os.cpu_count(),
+                    "versions": {
+                        "jax": jax.__version__,
+                        "fnn": fnn.__version__,
+                        "python": platform.python_version(),
+                    },
+                },
+                f,
+                indent=2,
+            )
     return 0
 
 

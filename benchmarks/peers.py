@@ -68,8 +68,9 @@ def _nnx_model(sizes):
 
     class MLP(nnx.Module):
         def __init__(self, sizes, rngs):
-            self.layers = nnx.List(nnx.Linear(a, b, rngs=rngs)
-                                   for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+            self.layers = nnx.List(
+                nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=False)
+            )
 
         def __call__(self, x):
             for i, layer in enumerate(self.layers):
@@ -126,8 +127,14 @@ def equinox(sizes, xs, ys, lr):
     widths = set(sizes[1:-1])
     if len(widths) != 1:
         raise ValueError(f"sizes: equinox's MLP needs equal hidden widths, got {sizes}")
-    model = eqx.nn.MLP(sizes[0], sizes[-1], widths.pop(), len(sizes) - 2,
-                       activation=jax.nn.relu, key=jax.random.key(0))
+    model = eqx.nn.MLP(
+        sizes[0],
+        sizes[-1],
+        widths.pop(),
+        len(sizes) - 2,
+        activation=jax.nn.relu,
+        key=jax.random.key(0),
+    )
     tx = optax.adam(lr)
     opt_state = tx.init(eqx.filter(model, eqx.is_array))
 
@@ -160,8 +167,9 @@ def haiku(sizes, xs, ys, lr):
     """dm-haiku: ``hk.nets.MLP`` under ``hk.transform``, ``jax.jit`` with donation."""
     import haiku as hk
 
-    net = hk.without_apply_rng(hk.transform(
-        lambda x: hk.nets.MLP(sizes[1:], activation=jax.nn.relu)(x)))
+    net = hk.without_apply_rng(
+        hk.transform(lambda x: hk.nets.MLP(sizes[1:], activation=jax.nn.relu)(x))
+    )
     params = net.init(jax.random.key(0), xs[0])
     tx = optax.adam(lr)
 

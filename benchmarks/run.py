@@ -66,19 +66,43 @@ CONFIGS = {
 SMOKE_CONFIGS = {"tiny": ([8, 16, 4], 4, 64)}
 # mode: rounds, min seconds per timing, warm-up steps, (widths, batches, max GFLOP per step)
 MODES = {
-    "full": dict(rounds=7, min_time=0.25, warmup=2, large_rounds=5, dot=4096, large_peers=True,
-                 scaling=([64, 256, 1024, 4096], [1, 8, 64, 256, 1024], 350)),
-    "quick": dict(rounds=3, min_time=0.1, warmup=1, large_rounds=2, dot=4096, large_peers=False,
-                  scaling=([64, 1024], [1, 64], 3)),
-    "smoke": dict(rounds=2, min_time=0.005, warmup=1, large_rounds=1, dot=128, large_peers=True,
-                  scaling=([8], [1, 4], 1)),
+    "full": dict(
+        rounds=7,
+        min_time=0.25,
+        warmup=2,
+        large_rounds=5,
+        dot=4096,
+        large_peers=True,
+        scaling=([64, 256, 1024, 4096], [1, 8, 64, 256, 1024], 350),
+    ),
+    "quick": dict(
+        rounds=3,
+        min_time=0.1,
+        warmup=1,
+        large_rounds=2,
+        dot=4096,
+        large_peers=False,
+        scaling=([64, 1024], [1, 64], 3),
+    ),
+    "smoke": dict(
+        rounds=2,
+        min_time=0.005,
+        warmup=1,
+        large_rounds=1,
+        dot=128,
+        large_peers=True,
+        scaling=([8], [1, 4], 1),
+    ),
 }
 # name: (grad, grad_norm, accuracy metric). "bare" does exactly raw's work: loss and update,
 # no gradient norm and no accuracy (a Loss record with accuracy=None, which make_step accepts).
 FNN_VARIANTS = {
-    "fnn_autodiff": ("autodiff", True, True), "fnn_manual": ("manual", True, True),
-    "fnn_autodiff_nonorm": ("autodiff", False, True), "fnn_manual_nonorm": ("manual", False, True),
-    "fnn_autodiff_bare": ("autodiff", False, False), "fnn_manual_bare": ("manual", False, False),
+    "fnn_autodiff": ("autodiff", True, True),
+    "fnn_manual": ("manual", True, True),
+    "fnn_autodiff_nonorm": ("autodiff", False, True),
+    "fnn_manual_nonorm": ("manual", False, True),
+    "fnn_autodiff_bare": ("autodiff", False, False),
+    "fnn_manual_bare": ("manual", False, False),
 }
 
 
@@ -173,10 +197,16 @@ def bench_step(sizes, batch, mode, peer_names, with_dot, rounds, fnn_names=None)
         runners[name] = run
     times, calls = _timing.interleave(runners, rounds, cfg["min_time"], cfg["warmup"])
     dot_times = times.pop("dot", None)
-    out = {"sizes": sizes, "batch": batch, "rounds": rounds, "calls_per_timing": calls,
-           "ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
-           "ratio": _timing.median_ratios(times, "raw"), "first_step_s": first,
-           "failed": failed}
+    out = {
+        "sizes": sizes,
+        "batch": batch,
+        "rounds": rounds,
+        "calls_per_timing": calls,
+        "ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
+        "ratio": _timing.median_ratios(times, "raw"),
+        "first_step_s": first,
+        "failed": failed,
+    }
     if dot_times is not None:
         flops = _timing.mlp_flops(sizes, batch)
         dot_flops = 2 * cfg["dot"] ** 3
@@ -184,9 +214,12 @@ def bench_step(sizes, batch, mode, peer_names, with_dot, rounds, fnn_names=None)
         out["dot_n"] = cfg["dot"]
         out["dot_gflops"] = dot_flops / statistics.median(dot_times) / 1e9
         out["gflops"] = {k: flops / statistics.median(v) / 1e9 for k, v in times.items()}
-        out["peak_fraction"] = {k: statistics.median(
-            (flops / t) / (dot_flops / d) for t, d in zip(v, dot_times, strict=True))
-            for k, v in times.items()}
+        out["peak_fraction"] = {
+            k: statistics.median(
+                (flops / t) / (dot_flops / d) for t, d in zip(v, dot_times, strict=True)
+            )
+            for k, v in times.items()
+        }
     return out
 
 
@@ -221,8 +254,16 @@ def bench_epoch(sizes, batch, n, rounds):
     per_fit = 4  # fit's first epoch compiles; the other three are timed (history "seconds")
 
     def fit_epochs():
-        _, hist = train.fit(model, "softmax_cross_entropy", opt, (x, y), epochs=per_fit,
-                            batch_size=batch, key=key, progress=False)
+        _, hist = train.fit(
+            model,
+            "softmax_cross_entropy",
+            opt,
+            (x, y),
+            epochs=per_fit,
+            batch_size=batch,
+            key=key,
+            progress=False,
+        )
         return hist["seconds"][1:]
 
     fit_epochs()
@@ -234,10 +275,16 @@ def bench_epoch(sizes, batch, n, rounds):
         t_loop.extend(loop(e) for e in range(1, per_fit))
         if r % 2 == 1:
             t_fit.extend(fit_epochs())
-    return {"sizes": sizes, "batch": batch, "examples": n, "steps": steps,
-            "epochs_timed": len(t_fit), "fit_epoch_ms": 1e3 * statistics.median(t_fit),
-            "loop_epoch_ms": 1e3 * statistics.median(t_loop),
-            "ratio": statistics.median(a / b for a, b in zip(t_fit, t_loop, strict=True))}
+    return {
+        "sizes": sizes,
+        "batch": batch,
+        "examples": n,
+        "steps": steps,
+        "epochs_timed": len(t_fit),
+        "fit_epoch_ms": 1e3 * statistics.median(t_fit),
+        "loop_epoch_ms": 1e3 * statistics.median(t_loop),
+        "ratio": statistics.median(a / b for a, b in zip(t_fit, t_loop, strict=True)),
+    }
 
 
 def _peak_rss_mib() -> float:
@@ -274,8 +321,12 @@ def _memory_child(config: str, impl: str) -> None:
 def bench_memory(config: str, impls) -> dict:
     out = {}
     for impl in impls:
-        proc = subprocess.run([sys.executable, __file__, "--memory-child", config, impl],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--memory-child", config, impl],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if proc.returncode != 0:
             out[impl] = {"error": proc.stderr.strip().splitlines()[-1][:200]}
             continue
@@ -297,20 +348,31 @@ def bench_scaling(mode: str) -> dict:
             model = fnn.mlp(sizes, activation="relu", dtype=jnp.float32)
             params = model.init(jax.random.key(0))
             xs, ys = _data(sizes, b)
-            runners = {"raw": raw_runner(params, xs, ys),
-                       "fnn_autodiff": fnn_runner(model, params, xs, ys, "autodiff", True),
-                       "fnn_autodiff_bare": fnn_runner(model, params, xs, ys, "autodiff",
-                                                       False, False)}
+            runners = {
+                "raw": raw_runner(params, xs, ys),
+                "fnn_autodiff": fnn_runner(model, params, xs, ys, "autodiff", True),
+                "fnn_autodiff_bare": fnn_runner(model, params, xs, ys, "autodiff", False, False),
+            }
             for run in runners.values():
                 run(1)
             heavy = flops > 20e9
-            times, _ = _timing.interleave(runners, 2 if heavy else 3,
-                                          0.0 if heavy else MODES[mode]["min_time"] / 3,
-                                          warmup=0 if heavy else 1)
+            times, _ = _timing.interleave(
+                runners,
+                2 if heavy else 3,
+                0.0 if heavy else MODES[mode]["min_time"] / 3,
+                warmup=0 if heavy else 1,
+            )
             ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-            points.append({"width": w, "batch": b, "gflop": flops / 1e9, "ms": ms,
-                           "gflops": {k: flops / v / 1e6 for k, v in ms.items()},
-                           "ratio": _timing.median_ratios(times, "raw")})
+            points.append(
+                {
+                    "width": w,
+                    "batch": b,
+                    "gflop": flops / 1e9,
+                    "ms": ms,
+                    "gflops": {k: flops / v / 1e6 for k, v in ms.items()},
+                    "ratio": _timing.median_ratios(times, "raw"),
+                }
+            )
     return {"widths": widths, "batches": batches, "max_gflop": max_gflop, "points": points}
 
 
@@ -341,12 +403,17 @@ def main(argv=None) -> int:
     group.add_argument("--smoke", action="store_true", help="tiny configs (tests)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--no-peers", action="store_true", help="fnn and raw JAX only")
-    parser.add_argument("--no-write", action="store_true",
-                        help="do not rewrite RESULTS.md and scaling.png")
-    parser.add_argument("--report", metavar="JSON",
-                        help="only rewrite RESULTS.md and scaling.png from a saved --json file")
-    parser.add_argument("--memory-child", nargs=2, metavar=("CONFIG", "IMPL"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-write", action="store_true", help="do not rewrite RESULTS.md and scaling.png"
+    )
+    parser.add_argument(
+        "--report",
+        metavar="JSON",
+        help="only rewrite RESULTS.md and scaling.png from a saved --json file",
+    )
+    parser.add_argument(
+        "--memory-child", nargs=2, metavar=("CONFIG", "IMPL"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.memory_child:
         _memory_child(*args.memory_child)
@@ -361,11 +428,18 @@ def main(argv=None) -> int:
     configs = SMOKE_CONFIGS if args.smoke else CONFIGS
     t0 = time.perf_counter()
     peer_names, skipped = available_peers(args.no_peers, mode)
-    results = {"mode": mode, "date": datetime.datetime.now(datetime.UTC)
-               .strftime("%Y-%m-%d %H:%M UTC"), "machine": _timing.machine(),
-               "device": str(jax.devices()[0]), "versions": _timing.versions(),
-               "peers_run": peer_names, "peers_skipped": skipped,
-               "step": {}, "epoch": {}, "memory": {}}
+    results = {
+        "mode": mode,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": _timing.machine(),
+        "device": str(jax.devices()[0]),
+        "versions": _timing.versions(),
+        "peers_run": peer_names,
+        "peers_skipped": skipped,
+        "step": {},
+        "epoch": {},
+        "memory": {},
+    }
     big = "large" if "large" in configs else list(configs)[-1]
     sections = results["section_seconds"] = {}
     mark = [time.perf_counter()]
@@ -381,8 +455,15 @@ def main(argv=None) -> int:
         if name == "large":  # its minute of compilation buys nothing where matmuls dominate
             names = [p for p in names if p != "torch_compile"]
         lean = name == "large" and mode == "quick"  # --quick: the large steps take 0.6 s
-        res = bench_step(sizes, batch, mode, names, name == big, rounds,
-                         ("fnn_autodiff", "fnn_autodiff_bare", "fnn_manual_bare") if lean else None)
+        res = bench_step(
+            sizes,
+            batch,
+            mode,
+            names,
+            name == big,
+            rounds,
+            ("fnn_autodiff", "fnn_autodiff_bare", "fnn_manual_bare") if lean else None,
+        )
         results["step"][name] = res
         print(_timing.step_line(name, res), flush=True)
         lap(f"step {name}")
@@ -390,8 +471,11 @@ def main(argv=None) -> int:
         if n:
             res = bench_epoch(sizes, batch, n, cfg["rounds"])
             results["epoch"][name] = res
-            print(f"epoch {name}: fit {res['fit_epoch_ms']:.2f} ms, raw loop "
-                  f"{res['loop_epoch_ms']:.2f} ms, ratio {res['ratio']:.3f}", flush=True)
+            print(
+                f"epoch {name}: fit {res['fit_epoch_ms']:.2f} ms, raw loop "
+                f"{res['loop_epoch_ms']:.2f} ms, ratio {res['ratio']:.3f}",
+                flush=True,
+            )
             lap(f"epoch {name}")
     impls = ["raw"] if mode == "smoke" else ["raw", "fnn_autodiff"]
     if mode == "full":

@@ -77,8 +77,11 @@ def _copy(tree):
 
 
 def _median_ratio(times: dict, base: str) -> dict:
-    return {k: statistics.median(a / b for a, b in zip(v, times[base], strict=True))
-            for k, v in times.items() if k != base}
+    return {
+        k: statistics.median(a / b for a, b in zip(v, times[base], strict=True))
+        for k, v in times.items()
+        if k != base
+    }
 
 
 def bench_step(name: str, rounds: int, min_time: float) -> dict:
@@ -103,8 +106,12 @@ def bench_step(name: str, rounds: int, min_time: float) -> dict:
         raw_state[:] = [p, s]
 
     variants = {"raw": run_raw}
-    for grad, norm in (("autodiff", True), ("manual", True), ("autodiff", False),
-                       ("manual", False)):
+    for grad, norm in (
+        ("autodiff", True),
+        ("manual", True),
+        ("autodiff", False),
+        ("manual", False),
+    ):
         step = train.make_step(model, "softmax_cross_entropy", opt, grad=grad, grad_norm=norm)
         box = [train.init_state(_copy(params), opt, jax.random.key(3))]
 
@@ -147,18 +154,24 @@ def bench_step(name: str, rounds: int, min_time: float) -> dict:
             times[k].append(timed(variants[k], calls))
     dot_times = times.pop("dot", None)
     ratios = _median_ratio(times, "raw")
-    out = {"sizes": sizes, "batch": batch, "rounds": rounds, "calls_per_timing": calls,
-           **{f"{k}_ms": 1e3 * statistics.median(v) for k, v in times.items()},
-           **{f"ratio_{k}": v for k, v in ratios.items()}}
+    out = {
+        "sizes": sizes,
+        "batch": batch,
+        "rounds": rounds,
+        "calls_per_timing": calls,
+        **{f"{k}_ms": 1e3 * statistics.median(v) for k, v in times.items()},
+        **{f"ratio_{k}": v for k, v in ratios.items()},
+    }
     if dot_times is not None:
         flops = 6 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
         out["step_gflops"] = flops / 1e9
-        out["dot_tflops"] = 2 * 4096 ** 3 / statistics.median(dot_times) / 1e12
+        out["dot_tflops"] = 2 * 4096**3 / statistics.median(dot_times) / 1e12
         for k, v in times.items():
             out[f"{k}_tflops"] = flops / statistics.median(v) / 1e12
             # per round: (flops / step time) / (dot flops / dot time)
             out[f"flops_ratio_{k}"] = statistics.median(
-                (flops / t) / (2 * 4096 ** 3 / d) for t, d in zip(v, dot_times, strict=True))
+                (flops / t) / (2 * 4096**3 / d) for t, d in zip(v, dot_times, strict=True)
+            )
     return out
 
 
@@ -194,8 +207,16 @@ def bench_epoch(name: str, rounds: int) -> dict:
     epochs_per_fit = 4
 
     def fit_epochs():
-        _, hist = train.fit(model, "softmax_cross_entropy", opt, (x, y), epochs=epochs_per_fit,
-                            batch_size=batch, key=key, progress=False)
+        _, hist = train.fit(
+            model,
+            "softmax_cross_entropy",
+            opt,
+            (x, y),
+            epochs=epochs_per_fit,
+            batch_size=batch,
+            key=key,
+            progress=False,
+        )
         return hist["seconds"]
 
     fit_epochs()  # compile
@@ -209,10 +230,16 @@ def bench_epoch(name: str, rounds: int) -> dict:
         if not first:
             t_fit.extend(fit_epochs()[1:])
     ratios = [a / b for a, b in zip(t_fit, t_loop, strict=True)]
-    return {"sizes": sizes, "batch": batch, "examples": n, "steps": steps,
-            "epochs_timed": len(t_fit), "fit_epoch_ms": 1e3 * statistics.median(t_fit),
-            "loop_epoch_ms": 1e3 * statistics.median(t_loop),
-            "ratio": statistics.median(ratios)}
+    return {
+        "sizes": sizes,
+        "batch": batch,
+        "examples": n,
+        "steps": steps,
+        "epochs_timed": len(t_fit),
+        "fit_epoch_ms": 1e3 * statistics.median(t_fit),
+        "loop_epoch_ms": 1e3 * statistics.median(t_loop),
+        "ratio": statistics.median(ratios),
+    }
 
 
 def main(argv=None) -> int:
@@ -227,25 +254,42 @@ def main(argv=None) -> int:
             parser.error(f"--only: unknown config {s!r}; expected {', '.join(CONFIGS)}")
     # many short interleaved rounds: the median shrugs off bursts of other processes' load
     rounds, min_time = (3, 0.3) if args.quick else (15, 0.4)
-    results = {"device": str(jax.devices()[0]), "jax": jax.__version__,
-               "optax": optax.__version__, "python": platform.python_version(),
-               "cpus": os.cpu_count(), "quick": args.quick, "step": {}, "epoch": {}}
+    results = {
+        "device": str(jax.devices()[0]),
+        "jax": jax.__version__,
+        "optax": optax.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "quick": args.quick,
+        "step": {},
+        "epoch": {},
+    }
     for name in names:
         res = bench_step(name, rounds, min_time if name != "large" else 0.0)
         results["step"][name] = res
-        print(f"step  {name:6s} raw {res['raw_ms']:.4g} ms; / raw: " + ", ".join(
-            f"{k[6:]} {v:.3f}" for k, v in res.items() if k.startswith("ratio_")), flush=True)
+        print(
+            f"step  {name:6s} raw {res['raw_ms']:.4g} ms; / raw: "
+            + ", ".join(f"{k[6:]} {v:.3f}" for k, v in res.items() if k.startswith("ratio_")),
+            flush=True,
+        )
     for name in ("small", "medium"):
         if name in names:
             res = bench_epoch(name, rounds)
             results["epoch"][name] = res
-            print(f"epoch {name:6s} fit {res['fit_epoch_ms']:8.3f} ms  loop "
-                  f"{res['loop_epoch_ms']:8.3f} ms  ratio {res['ratio']:.3f}", flush=True)
+            print(
+                f"epoch {name:6s} fit {res['fit_epoch_ms']:8.3f} ms  loop "
+                f"{res['loop_epoch_ms']:8.3f} ms  ratio {res['ratio']:.3f}",
+                flush=True,
+            )
     if "large" in names:
         large = results["step"]["large"]
-        print(f"flops large: dot 4096^2 {large['dot_tflops']:.3f} TFLOP/s; achieved / dot: "
-              + ", ".join(f"{k[12:]} {v:.3f}" for k, v in large.items()
-                          if k.startswith("flops_ratio_")), flush=True)
+        print(
+            f"flops large: dot 4096^2 {large['dot_tflops']:.3f} TFLOP/s; achieved / dot: "
+            + ", ".join(
+                f"{k[12:]} {v:.3f}" for k, v in large.items() if k.startswith("flops_ratio_")
+            ),
+            flush=True,
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

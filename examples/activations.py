@@ -64,35 +64,58 @@ def main(argv=None) -> dict:
         per_layer = diagnostics.layer_grad_norms(model, LOSS, params, *probe)
         # keyed "[0]", "[2]", ...: order by the layer index, input side first
         norms[act] = [float(per_layer[k]) for k in sorted(per_layer, key=_index)]
-        _, history = train.fit(model, LOSS, optax.sgd(lr), (x, y), epochs=epochs,
-                               batch_size=32, key=jax.random.key(args.seed), init=params,
-                               progress=False)
+        _, history = train.fit(
+            model,
+            LOSS,
+            optax.sgd(lr),
+            (x, y),
+            epochs=epochs,
+            batch_size=32,
+            key=jax.random.key(args.seed),
+            init=params,
+            progress=False,
+        )
         curves[act] = history["train_loss"]
         losses[act] = history["train_loss"][-1]
         first, last = norms[act][0], norms[act][-1]
-        print(f"{act:10s} grad norm: first layer {first:.2e}  last layer {last:.2e}  "
-              f"first/last {first / last:.1e}   train loss after {epochs} epochs "
-              f"{losses[act]:.3f} (start {history['train_loss'][0]:.3f})")
+        print(
+            f"{act:10s} grad norm: first layer {first:.2e}  last layer {last:.2e}  "
+            f"first/last {first / last:.1e}   train loss after {epochs} epochs "
+            f"{losses[act]:.3f} (start {history['train_loss'][0]:.3f})"
+        )
 
     layers = len(norms["relu"])
     fig, axes = plots.panels(2, width=5.2, height=3.8)
-    plots.bars(norms, None, xlabels=[str(i + 1) for i in range(layers)],
-               ylabel="weight-gradient norm at init", ax=axes[0],
-               title=f"{DEPTH} hidden layers: gradient per layer (1 = input side)")
+    plots.bars(
+        norms,
+        None,
+        xlabels=[str(i + 1) for i in range(layers)],
+        ylabel="weight-gradient norm at init",
+        ax=axes[0],
+        title=f"{DEPTH} hidden layers: gradient per layer (1 = input side)",
+    )
     axes[0].set_ylim(top=50)  # room for the legend above the bars
     axes[0].legend(ncol=4, loc="upper center", fontsize=8)
     plots.curves(curves, None, ax=axes[1], title=f"SGD, lr {lr}: training loss")
     figure = plots.save(fig, os.path.join(args.out, "activations.png"))
     ratio = norms["relu"][0] / norms["sigmoid"][0]
-    print(f"claim: sigmoid's first-layer gradient is {ratio:.1e} times smaller than relu's "
-          f"(first/last: sigmoid {norms['sigmoid'][0] / norms['sigmoid'][-1]:.1e}, relu "
-          f"{norms['relu'][0] / norms['relu'][-1]:.1e}); after {epochs} epochs the loss is "
-          f"sigmoid {losses['sigmoid']:.3f} vs relu {losses['relu']:.3f}")
+    print(
+        f"claim: sigmoid's first-layer gradient is {ratio:.1e} times smaller than relu's "
+        f"(first/last: sigmoid {norms['sigmoid'][0] / norms['sigmoid'][-1]:.1e}, relu "
+        f"{norms['relu'][0] / norms['relu'][-1]:.1e}); after {epochs} epochs the loss is "
+        f"sigmoid {losses['sigmoid']:.3f} vs relu {losses['relu']:.3f}"
+    )
     print(f"figure: {figure}")
-    return {"norms": norms, "first": {a: v[0] for a, v in norms.items()},
-            "last": {a: v[-1] for a, v in norms.items()}, "losses": losses,
-            "curves": curves, "epochs": epochs, "relu_over_sigmoid_first": ratio,
-            "figure": figure}
+    return {
+        "norms": norms,
+        "first": {a: v[0] for a, v in norms.items()},
+        "last": {a: v[-1] for a, v in norms.items()},
+        "losses": losses,
+        "curves": curves,
+        "epochs": epochs,
+        "relu_over_sigmoid_first": ratio,
+        "figure": figure,
+    }
 
 
 if __name__ == "__main__":

@@ -58,8 +58,10 @@ def ever_on(model, params, x) -> np.ndarray:
 def frozen(model, params, x, y) -> float:
     """Fraction of hidden units whose incoming weights and bias get exactly zero gradient."""
     _, grads = backprop.value_and_grad(model, LOSS)(params, x, y)
-    zero = [np.all(np.asarray(grads[i]["w"]) == 0, axis=0) & (np.asarray(grads[i]["b"]) == 0)
-            for i in (0, 2)]
+    zero = [
+        np.all(np.asarray(grads[i]["w"]) == 0, axis=0) & (np.asarray(grads[i]["b"]) == 0)
+        for i in (0, 2)
+    ]
     return float(np.mean(np.concatenate(zero)))
 
 
@@ -81,10 +83,19 @@ def run(act: str, ds, *, epochs: int, seed: int) -> dict:
 
     params = model.init(jax.random.key(seed))
     measure(params)  # epoch 0: the initialisation
-    state, history = train.fit(model, LOSS, opt, (ds.x_train, ds.y_train), epochs=epochs,
-                               batch_size=32, key=jax.random.key(seed + 1), init=params,
-                               eval_data=(ds.x_test, ds.y_test), progress=False,
-                               callback=callback)
+    state, history = train.fit(
+        model,
+        LOSS,
+        opt,
+        (ds.x_train, ds.y_train),
+        epochs=epochs,
+        batch_size=32,
+        key=jax.random.key(seed + 1),
+        init=params,
+        eval_data=(ds.x_test, ds.y_test),
+        progress=False,
+        callback=callback,
+    )
     masks = np.stack(masks)  # [1 + epochs, units]
     was_off = ~masks.all(axis=0)  # off at the end of some epoch
     return {
@@ -108,25 +119,41 @@ def main(argv=None) -> dict:
         layers = ", ".join(f"layer {k} {v:.2f}" for k, v in r["inactive_by_layer"].items())
         per_epoch = " ".join(f"{v:.2f}" for v in r["inactive"])
         print(f"{act:10s} inactive at init, then per epoch {per_epoch}")
-        print(f"{'':10s} at the end: inactive {r['inactive'][-1]:.2f} ({layers}); zero "
-              f"gradient {r['frozen']:.2f}; recovered {r['recovered']:.2f}; test accuracy "
-              f"{r['test_accuracy'][-1]:.3f}")
+        print(
+            f"{'':10s} at the end: inactive {r['inactive'][-1]:.2f} ({layers}); zero "
+            f"gradient {r['frozen']:.2f}; recovered {r['recovered']:.2f}; test accuracy "
+            f"{r['test_accuracy'][-1]:.3f}"
+        )
 
     relu, leaky = results["relu"], results["leaky_relu"]
     fig, axes = plots.panels(2, width=4.6, height=3.6)
-    plots.curves({a: r["inactive"] for a, r in results.items()}, None, ax=axes[0], logy=False,
-                 x={a: range(epochs + 1) for a in results}, ylabel="fraction of hidden units",
-                 title="never active on the training set")
-    plots.curves({a: r["test_accuracy"] for a, r in results.items()}, None, ax=axes[1],
-                 logy=False, ylabel="test accuracy", title=f"Adam, lr {LR} (cosine decay)")
+    plots.curves(
+        {a: r["inactive"] for a, r in results.items()},
+        None,
+        ax=axes[0],
+        logy=False,
+        x={a: range(epochs + 1) for a in results},
+        ylabel="fraction of hidden units",
+        title="never active on the training set",
+    )
+    plots.curves(
+        {a: r["test_accuracy"] for a, r in results.items()},
+        None,
+        ax=axes[1],
+        logy=False,
+        ylabel="test accuracy",
+        title=f"Adam, lr {LR} (cosine decay)",
+    )
     axes[0].set_ylim(0, 1)
     axes[1].set_ylim(0, 1)
     figure = plots.save(fig, os.path.join(args.out, "dead_relu.png"))
-    print(f"claim: at lr {LR}, {relu['inactive'][-1]:.0%} of relu's hidden units are dead "
-          f"({relu['frozen']:.0%} get exactly zero gradient) and test accuracy stalls at "
-          f"{relu['test_accuracy'][-1]:.2f}; leaky_relu's inactive units ("
-          f"{leaky['inactive'][-1]:.0%}) keep a gradient ({leaky['frozen']:.0%} frozen) and it "
-          f"reaches {leaky['test_accuracy'][-1]:.2f}")
+    print(
+        f"claim: at lr {LR}, {relu['inactive'][-1]:.0%} of relu's hidden units are dead "
+        f"({relu['frozen']:.0%} get exactly zero gradient) and test accuracy stalls at "
+        f"{relu['test_accuracy'][-1]:.2f}; leaky_relu's inactive units ("
+        f"{leaky['inactive'][-1]:.0%}) keep a gradient ({leaky['frozen']:.0%} frozen) and it "
+        f"reaches {leaky['test_accuracy'][-1]:.2f}"
+    )
     print(f"figure: {figure}")
     return {"relu": relu, "leaky_relu": leaky, "epochs": epochs, "figure": figure}
 

@@ -69,8 +69,10 @@ def time_steps(sizes, batch: int, rounds: int, steps: int, seed: int) -> dict:
     kinds = ("autodiff", "manual")
     step = {k: train.make_step(model, LOSS, opt, grad=k) for k in kinds}
     # Each step donates its state: every variant carries its own copy.
-    state = {k: train.init_state(jax.tree.map(jnp.copy, params), opt, jax.random.key(i))
-             for i, k in enumerate(kinds)}
+    state = {
+        k: train.init_state(jax.tree.map(jnp.copy, params), opt, jax.random.key(i))
+        for i, k in enumerate(kinds)
+    }
     for k in kinds:  # warm-up: compile and settle
         for _ in range(3):
             state[k], _ = step[k](state[k], x, y)
@@ -78,16 +80,21 @@ def time_steps(sizes, batch: int, rounds: int, steps: int, seed: int) -> dict:
 
     times = {k: [] for k in kinds}
     for r in range(rounds):
-        for k in (kinds if r % 2 == 0 else kinds[::-1]):
+        for k in kinds if r % 2 == 0 else kinds[::-1]:
             t0 = time.perf_counter()
             for _ in range(steps):
                 state[k], metrics = step[k](state[k], x, y)
             jax.block_until_ready((state[k], metrics))
             times[k].append((time.perf_counter() - t0) / steps)
     ratios = [m / a for m, a in zip(times["manual"], times["autodiff"], strict=True)]
-    return {"ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
-            "ratio": statistics.median(ratios), "rounds": rounds, "steps": steps,
-            "sizes": list(sizes), "batch": batch}
+    return {
+        "ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
+        "ratio": statistics.median(ratios),
+        "rounds": rounds,
+        "steps": steps,
+        "sizes": list(sizes),
+        "batch": batch,
+    }
 
 
 def main(argv=None) -> dict:
@@ -100,19 +107,26 @@ def main(argv=None) -> dict:
     else:
         timing = time_steps([64, 256, 128, 10], 128, 30, 50, args.seed)
     mlp = "-".join(map(str, timing["sizes"]))
-    print(f"training step, MLP {mlp} relu, batch {timing['batch']}, Adam, float32: autodiff "
-          f"{timing['ms']['autodiff']:.3f} ms, manual {timing['ms']['manual']:.3f} ms; "
-          f"manual/autodiff = {timing['ratio']:.3f} (median of {timing['rounds']} rounds of "
-          f"{timing['steps']} steps, {jax.devices()[0].platform})")
+    print(
+        f"training step, MLP {mlp} relu, batch {timing['batch']}, Adam, float32: autodiff "
+        f"{timing['ms']['autodiff']:.3f} ms, manual {timing['ms']['manual']:.3f} ms; "
+        f"manual/autodiff = {timing['ratio']:.3f} (median of {timing['rounds']} rounds of "
+        f"{timing['steps']} steps, {jax.devices()[0].platform})"
+    )
 
     leaves = [r.path for r in report.rows]
     errors = {"manual vs jax.grad": [max(r.autodiff.max_rel_err, FLOOR) for r in report.rows]}
     if report.fd_dtype is not None:
         errors["manual vs finite diff."] = [max(r.fd.max_rel_err, FLOOR) for r in report.rows]
     fig, axes = plots.panels(2, width=4.8, height=3.8)
-    plots.bars(errors, None, xlabels=leaves, ylabel="max relative error", ax=axes[0],
-               title=f"gradient check ({report.dtype}): "
-                     f"{'PASS' if report.ok else 'FAIL'}")
+    plots.bars(
+        errors,
+        None,
+        xlabels=leaves,
+        ylabel="max relative error",
+        ax=axes[0],
+        title=f"gradient check ({report.dtype}): {'PASS' if report.ok else 'FAIL'}",
+    )
     axes[0].tick_params(axis="x", labelsize=7, rotation=30)
     rtol = check.TOLERANCES[report.dtype][0]  # above it, manual vs jax.grad would fail
     axes[0].axhline(rtol, color="k", linestyle="--", linewidth=0.8)
@@ -125,13 +139,22 @@ def main(argv=None) -> dict:
     axes[1].set_ylabel("milliseconds per step (median)")
     axes[1].set_title(f"training step: manual/autodiff = {timing['ratio']:.2f}")
     figure = plots.save(fig, os.path.join(args.out, "manual_vs_autodiff.png"))
-    print(f"claim: {report.verdict}; the manual step takes {timing['ratio']:.2f}x the "
-          f"autodiff step's time")
+    print(
+        f"claim: {report.verdict}; the manual step takes {timing['ratio']:.2f}x the "
+        f"autodiff step's time"
+    )
     print(f"figure: {figure}")
-    return {"ok": report.ok, "verdict": report.verdict, "dtype": report.dtype,
-            "fd_dtype": report.fd_dtype, "max_rel_err": report.max_rel_err,
-            "fd_max_rel_err": report.fd_max_rel_err, "leaves": len(report.rows),
-            "timing": timing, "figure": figure}
+    return {
+        "ok": report.ok,
+        "verdict": report.verdict,
+        "dtype": report.dtype,
+        "fd_dtype": report.fd_dtype,
+        "max_rel_err": report.max_rel_err,
+        "fd_max_rel_err": report.fd_max_rel_err,
+        "leaves": len(report.rows),
+        "timing": timing,
+        "figure": figure,
+    }
 
 
 if __name__ == "__main__":

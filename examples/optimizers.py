@@ -66,29 +66,51 @@ def main(argv=None) -> dict:
 
     curves, final = {}, {}
     for label, (name, batch) in RUNS.items():
-        state, history = train.fit(model, LOSS, optim.get(name, LR), (x, y), epochs=epochs,
-                                   batch_size=batch, key=jax.random.key(args.seed),
-                                   init=params, progress=False)
+        state, history = train.fit(
+            model,
+            LOSS,
+            optim.get(name, LR),
+            (x, y),
+            epochs=epochs,
+            batch_size=batch,
+            key=jax.random.key(args.seed),
+            init=params,
+            progress=False,
+        )
         curves[label] = history["train_loss"]
         final[label] = train.evaluate(model, LOSS, state.params, (x, y))
         steps = epochs * (len(x) // (batch or len(x)))
-        print(f"{label:20s} final training loss {final[label]['loss']:.4f}  accuracy "
-              f"{final[label]['accuracy']:.3f}  ({steps} steps)")
+        print(
+            f"{label:20s} final training loss {final[label]['loss']:.4f}  accuracy "
+            f"{final[label]['accuracy']:.3f}  ({steps} steps)"
+        )
 
     fig, (ax,) = plots.panels(1, width=7.2, height=3.8)
-    plots.curves(curves, None, ax=ax, title=f"spirals, MLP 2-32-32-3 tanh, lr {LR} for all",
-                 ylabel="training loss (epoch mean)")
+    plots.curves(
+        curves,
+        None,
+        ax=ax,
+        title=f"spirals, MLP 2-32-32-3 tanh, lr {LR} for all",
+        ylabel="training loss (epoch mean)",
+    )
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)  # off the curves
     figure = plots.save(fig, os.path.join(args.out, "optimizers.png"))
     loss = {k: v["loss"] for k, v in final.items()}
     gd = loss["GD (full batch)"]
     better = [k for k in ("momentum 0.9 (32)", "RMSprop (32)", "Adam (32)") if loss[k] < gd]
-    print(f"claim: at lr {LR} for {epochs} epochs, full-batch GD ends at loss {gd:.3f} and "
-          f"mini-batch SGD at {loss['mini-batch SGD (32)']:.3f}; "
-          + ", ".join(f"{k} reaches {loss[k]:.3f}" for k in better))
+    print(
+        f"claim: at lr {LR} for {epochs} epochs, full-batch GD ends at loss {gd:.3f} and "
+        f"mini-batch SGD at {loss['mini-batch SGD (32)']:.3f}; "
+        + ", ".join(f"{k} reaches {loss[k]:.3f}" for k in better)
+    )
     print(f"figure: {figure}")
-    return {"loss": loss, "accuracy": {k: v["accuracy"] for k, v in final.items()},
-            "curves": curves, "epochs": epochs, "figure": figure}
+    return {
+        "loss": loss,
+        "accuracy": {k: v["accuracy"] for k, v in final.items()},
+        "curves": curves,
+        "epochs": epochs,
+        "figure": figure,
+    }
 
 
 if __name__ == "__main__":

@@ -53,10 +53,14 @@ def worked_example() -> dict:
     huge = activations.softmax(z + 1000.0)  # exp(1002) overflows float32 without the shift
     by_t = {f"T = {t:g}": np.asarray(activations.softmax(z / t)).tolist() for t in TEMPERATURES}
     entropy = {k: float(-np.sum(np.asarray(v) * np.log(v))) for k, v in by_t.items()}
-    print(f"logits {list(LOGITS)} -> probabilities "
-          f"{[round(float(v), 4) for v in p]} (sum {float(jnp.sum(p)):.6f})")
-    print(f"logits + 100 -> {[round(float(v), 4) for v in shifted]}; logits + 1000 -> "
-          f"{[round(float(v), 4) for v in huge]} (finite: {bool(jnp.all(jnp.isfinite(huge)))})")
+    print(
+        f"logits {list(LOGITS)} -> probabilities "
+        f"{[round(float(v), 4) for v in p]} (sum {float(jnp.sum(p)):.6f})"
+    )
+    print(
+        f"logits + 100 -> {[round(float(v), 4) for v in shifted]}; logits + 1000 -> "
+        f"{[round(float(v), 4) for v in huge]} (finite: {bool(jnp.all(jnp.isfinite(huge)))})"
+    )
     for k, v in by_t.items():
         print(f"temperature {k}: {[round(x, 4) for x in v]}  entropy {entropy[k]:.3f}")
     return {
@@ -85,19 +89,30 @@ def gradient_check(batch: int, classes: int, seed: int) -> dict:
         "jax.grad": jax.grad(ce.fn)(z, y),
     }
     # One table, one row per witness: the formula copied into each leaf against the witness.
-    report = check.compare({name: formula for name in witnesses}, witnesses,
-                           labels=("(p - onehot) / B", "each witness"))
+    report = check.compare(
+        {name: formula for name in witnesses},
+        witnesses,
+        labels=("(p - onehot) / B", "each witness"),
+    )
     print(report)
-    out = {r.path[2:-2]: {"ok": r.ok, "max_abs_err": r.max_abs_err,
-                          "max_rel_err": r.max_rel_err} for r in report.rows}
+    out = {
+        r.path[2:-2]: {"ok": r.ok, "max_abs_err": r.max_abs_err, "max_rel_err": r.max_rel_err}
+        for r in report.rows
+    }
     if dtype == jnp.float64:  # finite differences are only trustworthy in float64
         fd = check.numerical_grad(lambda t: ce.fn(t["dz"], y), {"dz": z})
         fd_report = fd.compare({"dz": formula}, label="(p - onehot) / B")
         print(fd_report)
-        out["finite differences"] = {"ok": fd_report.ok, "max_abs_err": fd_report.max_abs_err,
-                                     "max_rel_err": fd_report.max_rel_err}
-    return {"dtype": jnp.dtype(dtype).name, "witnesses": out,
-            "ok": all(v["ok"] for v in out.values())}
+        out["finite differences"] = {
+            "ok": fd_report.ok,
+            "max_abs_err": fd_report.max_abs_err,
+            "max_rel_err": fd_report.max_rel_err,
+        }
+    return {
+        "dtype": jnp.dtype(dtype).name,
+        "witnesses": out,
+        "ok": all(v["ok"] for v in out.values()),
+    }
 
 
 def one_example(label: int = 0) -> dict:
@@ -105,8 +120,11 @@ def one_example(label: int = 0) -> dict:
     z = jnp.asarray([LOGITS], jnp.float32)
     y = jnp.asarray([label], jnp.int32)
     g = jax.grad(losses.get("softmax_cross_entropy").fn)(z, y)[0]
-    row = {"p": np.asarray(activations.softmax(z)[0]).tolist(),
-           "onehot": np.eye(len(LOGITS))[label].tolist(), "jax.grad": np.asarray(g).tolist()}
+    row = {
+        "p": np.asarray(activations.softmax(z)[0]).tolist(),
+        "onehot": np.eye(len(LOGITS))[label].tolist(),
+        "jax.grad": np.asarray(g).tolist(),
+    }
     diff = [round(a - b, 4) for a, b in zip(row["p"], row["onehot"], strict=True)]
     auto = [round(v, 4) for v in row["jax.grad"]]
     print(f"label {label}: p - onehot = {diff}, jax.grad = {auto}")
@@ -121,15 +139,31 @@ def main(argv=None) -> dict:
 
     fig, axes = plots.panels(2, width=4.6, height=3.6)
     classes = [f"z={v:g}" for v in LOGITS]
-    plots.bars(worked["by_temperature"], None, xlabels=classes, ylabel="probability",
-               logy=False, ax=axes[0], title="softmax(z / T): the same logits")
-    plots.bars(row, None, xlabels=classes, ylabel="value", logy=False, ax=axes[1],
-               title="label 0: the gradient is p - onehot")
+    plots.bars(
+        worked["by_temperature"],
+        None,
+        xlabels=classes,
+        ylabel="probability",
+        logy=False,
+        ax=axes[0],
+        title="softmax(z / T): the same logits",
+    )
+    plots.bars(
+        row,
+        None,
+        xlabels=classes,
+        ylabel="value",
+        logy=False,
+        ax=axes[1],
+        title="label 0: the gradient is p - onehot",
+    )
     axes[1].axhline(0, color="k", linewidth=0.6)
     figure = plots.save(fig, os.path.join(args.out, "softmax.png"))
-    print(f"claim: probabilities sum to {worked['sum']:.6f}, a shift changes them by at most "
-          f"{worked['shift_max_diff']:.1e}; the fused gradient equals (p - onehot) / B for "
-          f"every witness ({grads['dtype']}): {'ok' if grads['ok'] else 'FAILED'}")
+    print(
+        f"claim: probabilities sum to {worked['sum']:.6f}, a shift changes them by at most "
+        f"{worked['shift_max_diff']:.1e}; the fused gradient equals (p - onehot) / B for "
+        f"every witness ({grads['dtype']}): {'ok' if grads['ok'] else 'FAILED'}"
+    )
     print(f"figure: {figure}")
     return {"worked": worked, "gradients": grads, "one_example": row, "figure": figure}
 

@@ -42,8 +42,16 @@ def parse(argv=None) -> argparse.Namespace:
 def fit_xor(sizes, activation, x, y, *, epochs, seed):
     """Full-batch Adam on the four points; returns ``(model, params, {"accuracy", "loss"})``."""
     model = fnn.mlp(sizes, activation=activation)
-    state, _ = train.fit(model, LOSS, optax.adam(0.05), (x, y), epochs=epochs,
-                         batch_size=None, key=jax.random.key(seed), progress=False)
+    state, _ = train.fit(
+        model,
+        LOSS,
+        optax.adam(0.05),
+        (x, y),
+        epochs=epochs,
+        batch_size=None,
+        key=jax.random.key(seed),
+        progress=False,
+    )
     return model, state.params, train.evaluate(model, LOSS, state.params, (x, y))
 
 
@@ -54,8 +62,10 @@ def main(argv=None) -> dict:
     ds = data.xor(4, 0.0, test_fraction=0.0)
     x, y = ds.x_train, ds.y_train
 
-    runs = {"linear (no hidden layer)": ([2, 2], "identity"),
-            "one hidden layer (8 tanh)": ([2, 8, 2], "tanh")}
+    runs = {
+        "linear (no hidden layer)": ([2, 2], "identity"),
+        "one hidden layer (8 tanh)": ([2, 8, 2], "tanh"),
+    }
     results, predictors = {}, {}
     for name, (sizes, act) in runs.items():
         model, params, metrics = fit_xor(sizes, act, x, y, epochs=epochs, seed=args.seed)
@@ -63,26 +73,42 @@ def main(argv=None) -> dict:
         predictors[name] = proba
         metrics["max_confidence"] = float(np.max(proba(x)))
         results[name] = metrics
-        print(f"{name:26s} accuracy {metrics['accuracy']:.2f}  loss {metrics['loss']:.4f}  "
-              f"largest probability on the 4 points {metrics['max_confidence']:.3f}")
+        print(
+            f"{name:26s} accuracy {metrics['accuracy']:.2f}  loss {metrics['loss']:.4f}  "
+            f"largest probability on the 4 points {metrics['max_confidence']:.3f}"
+        )
 
     fig, axes = plots.panels(2, width=4.2, height=4.0)
     for ax, (name, predict) in zip(axes, predictors.items(), strict=True):
-        plots.decision_boundary(predict, x, y, None, ax=ax, resolution=150,
-                                title=f"{name}\naccuracy {results[name]['accuracy']:.0%}, "
-                                      f"loss {results[name]['loss']:.3f}, largest p "
-                                      f"{results[name]['max_confidence']:.2f}")
+        plots.decision_boundary(
+            predict,
+            x,
+            y,
+            None,
+            ax=ax,
+            resolution=150,
+            title=f"{name}\naccuracy {results[name]['accuracy']:.0%}, "
+            f"loss {results[name]['loss']:.3f}, largest p "
+            f"{results[name]['max_confidence']:.2f}",
+        )
     figure = plots.save(fig, os.path.join(args.out, "xor.png"))
     linear, mlp = results.values()
-    print(f"claim: a linear model cannot solve XOR (accuracy {linear['accuracy']:.2f} <= 0.75; "
-          f"it ends at p = {linear['max_confidence']:.3f} on every point, loss "
-          f"{linear['loss']:.3f} vs ln 2 = {np.log(2):.3f}); one hidden layer does (accuracy "
-          f"{mlp['accuracy']:.2f})")
+    print(
+        f"claim: a linear model cannot solve XOR (accuracy {linear['accuracy']:.2f} <= 0.75; "
+        f"it ends at p = {linear['max_confidence']:.3f} on every point, loss "
+        f"{linear['loss']:.3f} vs ln 2 = {np.log(2):.3f}); one hidden layer does (accuracy "
+        f"{mlp['accuracy']:.2f})"
+    )
     print(f"figure: {figure}")
-    return {"linear_accuracy": linear["accuracy"], "linear_loss": linear["loss"],
-            "linear_max_confidence": linear["max_confidence"], "mlp_accuracy": mlp["accuracy"],
-            "mlp_loss": mlp["loss"], "epochs": epochs,
-            "figure": figure}
+    return {
+        "linear_accuracy": linear["accuracy"],
+        "linear_loss": linear["loss"],
+        "linear_max_confidence": linear["max_confidence"],
+        "mlp_accuracy": mlp["accuracy"],
+        "mlp_loss": mlp["loss"],
+        "epochs": epochs,
+        "figure": figure,
+    }
 
 
 if __name__ == "__main__":

@@ -339,9 +339,7 @@ def get(name: str | Activation, **settings) -> Activation:
             raise ValueError("settings can only be given with an activation name, not a record")
         return name
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(
-            f"unknown activation {name!r}; expected one of: {', '.join(NAMES)}"
-        )
+        raise ValueError(f"unknown activation {name!r}; expected one of: {', '.join(NAMES)}")
     fn, vjp, vjp_y, elementwise, kinks = _REGISTRY[name]
     if settings:
         import inspect
@@ -349,9 +347,7 @@ def get(name: str | Activation, **settings) -> Activation:
         allowed = [p for p in inspect.signature(fn).parameters if p != "x"]
         bad = sorted(set(settings) - set(allowed))
         if bad:
-            raise ValueError(
-                f"activation {name!r} takes settings {allowed or 'none'}, got {bad}"
-            )
+            raise ValueError(f"activation {name!r} takes settings {allowed or 'none'}, got {bad}")
         fn = functools.partial(fn, **settings)
         vjp = functools.partial(vjp, **settings)
         vjp_y = functools.partial(vjp_y, **settings) if vjp_y is not None else None

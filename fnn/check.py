@@ -136,8 +136,9 @@ def _ratio(err: np.ndarray, tol: float) -> np.ndarray:
 
 def _scale(*arrays) -> float:
     """The largest finite magnitude in ``arrays`` (0 if none)."""
-    return max((float(np.max(np.abs(v), where=np.isfinite(v), initial=0.0)) for v in arrays),
-               default=0.0)
+    return max(
+        (float(np.max(np.abs(v), where=np.isfinite(v), initial=0.0)) for v in arrays), default=0.0
+    )
 
 
 def _compare_leaf(path, a, b, rtol, atol, skip=None) -> Row:
@@ -146,14 +147,27 @@ def _compare_leaf(path, a, b, rtol, atol, skip=None) -> Row:
     rtol = drt if rtol is None else float(rtol)
     atol = frac * _scale(a, b) if atol is None else float(atol)
     if a.shape != b.shape:
-        return Row(path, a.shape, a.dtype.name, math.inf, math.inf, (), a.size, 0, rtol, atol,
-                   False, f"shape {a.shape} vs {b.shape}")
+        return Row(
+            path,
+            a.shape,
+            a.dtype.name,
+            math.inf,
+            math.inf,
+            (),
+            a.size,
+            0,
+            rtol,
+            atol,
+            False,
+            f"shape {a.shape} vs {b.shape}",
+        )
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     finite = np.isfinite(a64) & np.isfinite(b64)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.where(finite, np.abs(a64 - b64), np.inf)
-        rel = np.where(finite, err / np.maximum(np.abs(a64) + np.abs(b64), np.finfo(float).tiny),
-                       np.inf)
+        rel = np.where(
+            finite, err / np.maximum(np.abs(a64) + np.abs(b64), np.finfo(float).tiny), np.inf
+        )
     score = np.minimum(_ratio(err, atol), _ratio(rel, rtol))
     skip = np.zeros(a.shape, bool) if skip is None else np.broadcast_to(skip, a.shape)
     score = np.where(skip, -1.0, score)
@@ -165,9 +179,20 @@ def _compare_leaf(path, a, b, rtol, atol, skip=None) -> Row:
     n_fail = int(np.sum(score > 1.0))
     worst = tuple(int(i) for i in np.unravel_index(np.argmax(score), a.shape)) if a.size else ()
     note = "" if finite.all() else f"{int(np.sum(~finite))} non-finite"
-    return Row(path, a.shape, a.dtype.name, float(err.max(initial=0.0)),
-               float(rel.max(initial=0.0)), worst, n_fail, int(skip.sum()), rtol, atol,
-               n_fail == 0, note)
+    return Row(
+        path,
+        a.shape,
+        a.dtype.name,
+        float(err.max(initial=0.0)),
+        float(rel.max(initial=0.0)),
+        worst,
+        n_fail,
+        int(skip.sum()),
+        rtol,
+        atol,
+        n_fail == 0,
+        note,
+    )
 
 
 class Report(NamedTuple):
@@ -201,19 +226,34 @@ class Report(NamedTuple):
 
     def as_dict(self) -> dict:
         """A JSON-ready summary: ``ok``, ``max_abs_err``, ``max_rel_err``, ``leaves``."""
-        return {"ok": self.ok, "max_abs_err": self.max_abs_err,
-                "max_rel_err": self.max_rel_err, "leaves": [_row_dict(r) for r in self.rows]}
+        return {
+            "ok": self.ok,
+            "max_abs_err": self.max_abs_err,
+            "max_rel_err": self.max_rel_err,
+            "leaves": [_row_dict(r) for r in self.rows],
+        }
 
     def __str__(self) -> str:
-        table = _table(f"gradients: {self.labels[0]} vs {self.labels[1]}",
-                       ["leaf", "shape", "dtype", "max abs err", "max rel err", "worst index",
-                        "result"])
+        table = _table(
+            f"gradients: {self.labels[0]} vs {self.labels[1]}",
+            ["leaf", "shape", "dtype", "max abs err", "max rel err", "worst index", "result"],
+        )
         for r in self.rows:
-            table.add_row(r.path, _shape(r.shape), r.dtype, _num(r.max_abs_err),
-                          _num(r.max_rel_err), str(r.worst_index), _status(r))
+            table.add_row(
+                r.path,
+                _shape(r.shape),
+                r.dtype,
+                _num(r.max_abs_err),
+                _num(r.max_rel_err),
+                str(r.worst_index),
+                _status(r),
+            )
         verdict = "PASS" if self.ok else f"FAIL: {', '.join(self.failed)}"
-        return _render(table, f"{verdict} (max abs err {_num(self.max_abs_err)}, "
-                              f"max rel err {_num(self.max_rel_err)})\n{BANDS}")
+        return _render(
+            table,
+            f"{verdict} (max abs err {_num(self.max_abs_err)}, "
+            f"max rel err {_num(self.max_rel_err)})\n{BANDS}",
+        )
 
 
 def _row_dict(r: Row | None) -> dict | None:
@@ -228,8 +268,14 @@ def _leaves_by_path(tree) -> dict[str, Any]:
     return {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def compare(a, b, *, rtol: float | None = None, atol: float | None = None,
-            labels: Sequence[str] = ("a", "b")) -> Report:
+def compare(
+    a,
+    b,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    labels: Sequence[str] = ("a", "b"),
+) -> Report:
     """Compare two gradient pytrees leaf by leaf.
 
     Args:
@@ -267,7 +313,6 @@ def assert_grads_close(a, b, *, rtol: float | None = None, atol: float | None = 
     report = compare(a, b, rtol=rtol, atol=atol)
     if not report.ok:
         raise AssertionError("gradients differ\n" + str(report))
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,49 +428,94 @@ class ModelReport(NamedTuple):
 
     @property
     def fd_max_abs_err(self) -> float | None:
-        return None if self.fd_dtype is None else max(
-            (r.fd.max_abs_err for r in self.rows), default=0.0)
+        return (
+            None
+            if self.fd_dtype is None
+            else max((r.fd.max_abs_err for r in self.rows), default=0.0)
+        )
 
     @property
     def fd_max_rel_err(self) -> float | None:
-        return None if self.fd_dtype is None else max(
-            (r.fd.max_rel_err for r in self.rows), default=0.0)
+        return (
+            None
+            if self.fd_dtype is None
+            else max((r.fd.max_rel_err for r in self.rows), default=0.0)
+        )
 
     @property
     def verdict(self) -> str:
-        fd = ("" if self.fd_dtype is None else
-              f" and finite differences (max rel {_num(self.fd_max_rel_err)})")
+        fd = (
+            ""
+            if self.fd_dtype is None
+            else f" and finite differences (max rel {_num(self.fd_max_rel_err)})"
+        )
         if self.ok:
-            return (f"PASS: the manual backward agrees with jax.grad (max rel "
-                    f"{_num(self.max_rel_err)}){fd} on all {len(self.rows)} leaves")
+            return (
+                f"PASS: the manual backward agrees with jax.grad (max rel "
+                f"{_num(self.max_rel_err)}){fd} on all {len(self.rows)} leaves"
+            )
         bad = [r for r in self.rows if not r.ok]
-        return (f"FAIL: {len(bad)} of {len(self.rows)} leaves disagree: "
-                + "; ".join(f"{r.path}: {r.diagnosis}" for r in bad))
+        return f"FAIL: {len(bad)} of {len(self.rows)} leaves disagree: " + "; ".join(
+            f"{r.path}: {r.diagnosis}" for r in bad
+        )
 
     def as_dict(self) -> dict:
         """JSON-ready: ``ok``, ``max_abs_err``, ``max_rel_err``, ``fd_*``, ``leaves``."""
         return {
-            "ok": self.ok, "verdict": self.verdict, "loss": self.value, "dtype": self.dtype,
-            "fd_dtype": self.fd_dtype, "max_abs_err": self.max_abs_err,
-            "max_rel_err": self.max_rel_err, "fd_max_abs_err": self.fd_max_abs_err,
-            "fd_max_rel_err": self.fd_max_rel_err, "note": self.note,
-            "leaves": [{"path": r.path, "shape": list(r.shape), "dtype": r.dtype, "ok": r.ok,
-                        "diagnosis": r.diagnosis, "fd_mode": r.fd_mode, "kinks": r.kinks,
-                        "autodiff": _row_dict(r.autodiff), "fd": _row_dict(r.fd),
-                        "fd_autodiff": _row_dict(r.fd_autodiff)} for r in self.rows],
+            "ok": self.ok,
+            "verdict": self.verdict,
+            "loss": self.value,
+            "dtype": self.dtype,
+            "fd_dtype": self.fd_dtype,
+            "max_abs_err": self.max_abs_err,
+            "max_rel_err": self.max_rel_err,
+            "fd_max_abs_err": self.fd_max_abs_err,
+            "fd_max_rel_err": self.fd_max_rel_err,
+            "note": self.note,
+            "leaves": [
+                {
+                    "path": r.path,
+                    "shape": list(r.shape),
+                    "dtype": r.dtype,
+                    "ok": r.ok,
+                    "diagnosis": r.diagnosis,
+                    "fd_mode": r.fd_mode,
+                    "kinks": r.kinks,
+                    "autodiff": _row_dict(r.autodiff),
+                    "fd": _row_dict(r.fd),
+                    "fd_autodiff": _row_dict(r.fd_autodiff),
+                }
+                for r in self.rows
+            ],
         }
 
     def __str__(self) -> str:
-        table = _table(f"gradient check: manual vs jax.grad vs finite differences "
-                       f"({self.dtype}, loss {self.value:.6g})",
-                       ["leaf", "shape", "manual vs autodiff\nabs / rel", "worst",
-                        "manual vs FD\nabs / rel", "FD", "kinks", "result"])
+        table = _table(
+            f"gradient check: manual vs jax.grad vs finite differences "
+            f"({self.dtype}, loss {self.value:.6g})",
+            [
+                "leaf",
+                "shape",
+                "manual vs autodiff\nabs / rel",
+                "worst",
+                "manual vs FD\nabs / rel",
+                "FD",
+                "kinks",
+                "result",
+            ],
+        )
         for r in self.rows:
             fd = "-" if r.fd is None else f"{_num(r.fd.max_abs_err)} / {_num(r.fd.max_rel_err)}"
-            table.add_row(r.path, _shape(r.shape),
-                          f"{_num(r.autodiff.max_abs_err)} / {_num(r.autodiff.max_rel_err)}",
-                          str(r.autodiff.worst_index), fd, r.fd_mode, str(r.kinks),
-                          "ok" if r.ok else "FAIL: " + r.diagnosis)
+            table.add_row(
+                r.path,
+                _shape(r.shape),
+                f"{_num(r.autodiff.max_abs_err)} / {_num(r.autodiff.max_rel_err)}",
+                str(r.autodiff.worst_index),
+                fd,
+                r.fd_mode,
+                str(r.kinks),
+                "ok" if r.ok else "FAIL: " + r.diagnosis,
+            )
         extra = f"\n{self.note}" if self.note else ""
         return _render(table, f"{self.verdict}{extra}\n{BANDS}")
 
@@ -486,13 +576,20 @@ def check_model(
         elif jax.config.jax_enable_x64:
             p64, x64, y64 = (_to64(params), _to64(x), _to64(y))
         else:
-            note = (f"finite differences skipped: {dtype.name} is too coarse for them and "
-                    "float64 is off; enable x64 to get the third witness")
+            note = (
+                f"finite differences skipped: {dtype.name} is too coarse for them and "
+                "float64 is off; enable x64 to get the third witness"
+            )
         if not note:
             fd_res = numerical_grad(
-                lambda p: objective(p, x64, y64), p64, eps=eps, max_coords=max_coords,
-                directions=directions, key=fd_key,
-                kink_fn=kink_pattern(model, x64, key=key, train=train))
+                lambda p: objective(p, x64, y64),
+                p64,
+                eps=eps,
+                max_coords=max_coords,
+                directions=directions,
+                key=fd_key,
+                kink_fn=kink_pattern(model, x64, key=key, train=train),
+            )
     vs_fd = vs_fd_ad = None
     if fd_res is not None:
         vs_fd = fd_res.compare(manual, rtol=fd_rtol, atol=fd_atol, label="manual")
@@ -503,12 +600,27 @@ def check_model(
         f2 = None if vs_fd_ad is None else vs_fd_ad.rows[i]
         leaf = None if fd_res is None else fd_res.leaves[i]
         ok = r.ok and (f1 is None or f1.ok)
-        rows.append(ModelRow(r.path, r.shape, r.dtype, r, f1, f2,
-                             "off" if leaf is None else leaf.mode,
-                             0 if leaf is None else int(leaf.kinks.sum()), ok,
-                             _diagnose(r, f1, f2)))
-    return ModelReport(tuple(rows), float(value), "" if dtype is None else dtype.name,
-                       None if fd_res is None else fd_res.dtype, note)
+        rows.append(
+            ModelRow(
+                r.path,
+                r.shape,
+                r.dtype,
+                r,
+                f1,
+                f2,
+                "off" if leaf is None else leaf.mode,
+                0 if leaf is None else int(leaf.kinks.sum()),
+                ok,
+                _diagnose(r, f1, f2),
+            )
+        )
+    return ModelReport(
+        tuple(rows),
+        float(value),
+        "" if dtype is None else dtype.name,
+        None if fd_res is None else fd_res.dtype,
+        note,
+    )
 
 
 def _to64(tree):

@@ -92,20 +92,27 @@ def _flatten(tree):
         entry = {"path": name}
         if _is_key(leaf):
             arr = np.asarray(jax.random.key_data(leaf))
-            entry.update(shape=list(leaf.shape), dtype=str(leaf.dtype),
-                         key_impl=str(jax.random.key_impl(leaf)))
+            entry.update(
+                shape=list(leaf.shape),
+                dtype=str(leaf.dtype),
+                key_impl=str(jax.random.key_impl(leaf)),
+            )
         elif isinstance(leaf, (jax.Array, np.ndarray, np.generic, bool, int, float, complex)):
             arr = np.asarray(leaf)
             entry.update(shape=list(arr.shape), dtype=str(arr.dtype))
             if arr.dtype.kind == "V":  # ml_dtypes (bfloat16, float8, ...): store the raw bits
                 arr = arr.view(f"u{arr.dtype.itemsize}")
             elif arr.dtype.kind not in "biufc":
-                raise CheckpointError(f"leaf {name}: cannot save an array of dtype {arr.dtype}; "
-                                      f"checkpoints hold numeric arrays")
+                raise CheckpointError(
+                    f"leaf {name}: cannot save an array of dtype {arr.dtype}; "
+                    f"checkpoints hold numeric arrays"
+                )
         else:
-            raise CheckpointError(f"leaf {name}: cannot save a {type(leaf).__name__}; "
-                                  f"checkpoints hold arrays and numbers (put other values in "
-                                  f"metadata)")
+            raise CheckpointError(
+                f"leaf {name}: cannot save a {type(leaf).__name__}; "
+                f"checkpoints hold arrays and numbers (put other values in "
+                f"metadata)"
+            )
         entries.append(entry)
         # Not np.ascontiguousarray: it turns a 0-d array into a 1-d one.
         arrays.append(arr if arr.flags.c_contiguous else np.array(arr, order="C"))
@@ -148,8 +155,10 @@ def save(directory, tree, *, step: int, metadata=None, keep: int | None = 3) -> 
     """
     directory = os.fspath(directory)
     if os.path.exists(directory) and not os.path.isdir(directory):
-        raise CheckpointError(f"checkpoint folder {directory} is a file, not a folder; pass "
-                              f"the path of a folder (it is created if missing)")
+        raise CheckpointError(
+            f"checkpoint folder {directory} is a file, not a folder; pass "
+            f"the path of a folder (it is created if missing)"
+        )
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
         raise CheckpointError(f"step: expected an int >= 0, got {step!r}")
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
@@ -158,25 +167,35 @@ def save(directory, tree, *, step: int, metadata=None, keep: int | None = 3) -> 
     try:
         json.dumps(metadata, default=_json_default)
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"metadata: {err}; metadata must be JSON-serialisable (dicts, "
-                              f"lists, strings, numbers)") from err
+        raise CheckpointError(
+            f"metadata: {err}; metadata must be JSON-serialisable (dicts, lists, strings, numbers)"
+        ) from err
     treedef = jax.tree_util.tree_structure(tree)
     manifest = {
-        "format": FORMAT, "version": VERSION, "step": int(step), "leaves": entries,
-        "treedef": str(treedef), "metadata": metadata, "jax": jax.__version__,
+        "format": FORMAT,
+        "version": VERSION,
+        "step": int(step),
+        "leaves": entries,
+        "treedef": str(treedef),
+        "metadata": metadata,
+        "jax": jax.__version__,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     manifest_bytes = json.dumps(manifest, default=_json_default).encode()
     checksum = _digest(manifest_bytes, arrays)
     os.makedirs(directory, exist_ok=True)
     final = os.path.join(directory, f"ckpt-{int(step):08d}.npz")
-    fd, tmp = tempfile.mkstemp(prefix=f".ckpt-{int(step):08d}.", suffix=f".{os.getpid()}.tmp",
-                               dir=directory)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".ckpt-{int(step):08d}.", suffix=f".{os.getpid()}.tmp", dir=directory
+    )
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, manifest=np.frombuffer(manifest_bytes, np.uint8),
-                     sha256=np.frombuffer(checksum.encode(), np.uint8),
-                     **{f"leaf_{i:05d}": a for i, a in enumerate(arrays)})
+            np.savez(
+                f,
+                manifest=np.frombuffer(manifest_bytes, np.uint8),
+                sha256=np.frombuffer(checksum.encode(), np.uint8),
+                **{f"leaf_{i:05d}": a for i, a in enumerate(arrays)},
+            )
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, final)
@@ -233,8 +252,7 @@ def list_checkpoints(directory) -> list[str]:
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         return []
-    found = [(int(m.group(1)), name) for name in os.listdir(directory)
-             if (m := _NAME.match(name))]
+    found = [(int(m.group(1)), name) for name in os.listdir(directory) if (m := _NAME.match(name))]
     return [os.path.join(directory, name) for _, name in sorted(found)]
 
 
@@ -248,28 +266,36 @@ def _read(path: str):
             f.seek(0)
             with np.load(f, allow_pickle=False) as z:
                 if "manifest" not in z.files or "sha256" not in z.files:
-                    raise CheckpointError(f"{path}: not an fnn checkpoint (an .npz without a "
-                                          f"manifest: arrays {sorted(z.files)[:5]})")
+                    raise CheckpointError(
+                        f"{path}: not an fnn checkpoint (an .npz without a "
+                        f"manifest: arrays {sorted(z.files)[:5]})"
+                    )
                 manifest_bytes = z["manifest"].tobytes()
                 stored = z["sha256"].tobytes().decode("ascii")
                 manifest = json.loads(manifest_bytes)
                 if manifest.get("format") != FORMAT:
-                    raise CheckpointError(f"{path}: not an fnn checkpoint (format "
-                                          f"{manifest.get('format')!r})")
+                    raise CheckpointError(
+                        f"{path}: not an fnn checkpoint (format {manifest.get('format')!r})"
+                    )
                 if manifest.get("version", 0) > VERSION:
-                    raise CheckpointError(f"{path}: written by a newer fnn (format version "
-                                          f"{manifest['version']}, this one reads {VERSION}); "
-                                          f"upgrade fnn")
+                    raise CheckpointError(
+                        f"{path}: written by a newer fnn (format version "
+                        f"{manifest['version']}, this one reads {VERSION}); "
+                        f"upgrade fnn"
+                    )
                 arrays = [z[f"leaf_{i:05d}"] for i in range(len(manifest["leaves"]))]
     except (CheckpointError, FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except Exception as err:  # BadZipFile, EOFError, bad JSON, missing member, bad CRC...
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint "
-                              f"({type(err).__name__}: {err})") from err
+        raise CheckpointError(
+            f"{path}: corrupt or truncated checkpoint ({type(err).__name__}: {err})"
+        ) from err
     computed = _digest(manifest_bytes, arrays)
     if computed != stored:
-        raise CheckpointError(f"{path}: corrupt checkpoint: sha256 mismatch (stored "
-                              f"{stored[:16]}..., computed {computed[:16]}...)")
+        raise CheckpointError(
+            f"{path}: corrupt checkpoint: sha256 mismatch (stored "
+            f"{stored[:16]}..., computed {computed[:16]}...)"
+        )
     return manifest, arrays
 
 
@@ -283,12 +309,18 @@ def _newest_valid(directory: str):
             skipped.append(str(err))
             continue
         if skipped:
-            warnings.warn(f"skipped {len(skipped)} corrupt checkpoint(s), using {path}: "
-                          + "; ".join(skipped), CheckpointWarning, stacklevel=3)
+            warnings.warn(
+                f"skipped {len(skipped)} corrupt checkpoint(s), using {path}: "
+                + "; ".join(skipped),
+                CheckpointWarning,
+                stacklevel=3,
+            )
         return path, manifest, arrays
     if skipped:
-        raise CheckpointError(f"{directory}: no valid checkpoint, all {len(skipped)} are "
-                              f"corrupt: " + "; ".join(skipped))
+        raise CheckpointError(
+            f"{directory}: no valid checkpoint, all {len(skipped)} are "
+            f"corrupt: " + "; ".join(skipped)
+        )
     return None
 
 
@@ -367,24 +399,34 @@ def restore(path_or_directory, like):
     if want_paths != got_paths:
         missing = [p for p in want_paths if p not in set(got_paths)]
         extra = [p for p in got_paths if p not in set(want_paths)]
-        lines = [f"missing from the checkpoint: {', '.join(missing[:8])}" if missing else "",
-                 f"in the checkpoint but not expected: {', '.join(extra[:8])}" if extra else "",
-                 "" if missing or extra else "the same leaves in another order"]
-        raise CheckpointError(f"{path}: the checkpoint's structure differs from the expected "
-                              f"one ({len(got_paths)} leaves saved, {len(want_paths)} "
-                              f"expected): " + "; ".join(x for x in lines if x))
+        lines = [
+            f"missing from the checkpoint: {', '.join(missing[:8])}" if missing else "",
+            f"in the checkpoint but not expected: {', '.join(extra[:8])}" if extra else "",
+            "" if missing or extra else "the same leaves in another order",
+        ]
+        raise CheckpointError(
+            f"{path}: the checkpoint's structure differs from the expected "
+            f"one ({len(got_paths)} leaves saved, {len(want_paths)} "
+            f"expected): " + "; ".join(x for x in lines if x)
+        )
     diffs = []
     for name, (_, leaf), entry in zip(want_paths, flat, entries, strict=True):
         shape, dtype = _spec(leaf)
         # A key's dtype names its implementation (key<fry>), so this compares that too.
         if (list(shape), dtype) != (entry["shape"], entry["dtype"]):
-            diffs.append(f"{name}: expected {_fmt(shape, dtype)}, found "
-                         f"{_fmt(entry['shape'], entry['dtype'])}")
+            diffs.append(
+                f"{name}: expected {_fmt(shape, dtype)}, found "
+                f"{_fmt(entry['shape'], entry['dtype'])}"
+            )
     if diffs:
-        raise CheckpointError(f"{path}: {len(diffs)} leaf/leaves differ from the expected "
-                              f"tree (no cast is done): " + "; ".join(diffs[:12]))
-    leaves = [_to_like(arr, entry, leaf)
-              for arr, entry, (_, leaf) in zip(arrays, entries, flat, strict=True)]
+        raise CheckpointError(
+            f"{path}: {len(diffs)} leaf/leaves differ from the expected "
+            f"tree (no cast is done): " + "; ".join(diffs[:12])
+        )
+    leaves = [
+        _to_like(arr, entry, leaf)
+        for arr, entry, (_, leaf) in zip(arrays, entries, flat, strict=True)
+    ]
     return jax.tree_util.tree_unflatten(treedef, leaves), manifest["metadata"]
 
 

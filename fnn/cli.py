@@ -53,8 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(_COMMANDS[args.command])
     try:
         return int(module.run(args) or 0)
-    except (UsageError, ValueError, TypeError, FileNotFoundError, PermissionError,
-            IsADirectoryError, NotADirectoryError) as err:
+    except (
+        UsageError,
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        PermissionError,
+        IsADirectoryError,
+        NotADirectoryError,
+    ) as err:
         if debug:
             raise
         print(f"fnn {args.command}: error: {err}", file=sys.stderr)

@@ -27,25 +27,46 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "check",
         help="verify the hand-written backward of an MLP against jax.grad and finite differences",
         description="Build an MLP from flags and check its hand-written backward pass against "
-                    "jax.grad and finite differences; exit 1 when a leaf fails.",
+        "jax.grad and finite differences; exit 1 when a leaf fails.",
     )
-    p.add_argument("--sizes", default="64,32,10",
-                   help="layer sizes, input first, comma separated (default 64,32,10)")
-    p.add_argument("--activation", default="tanh", choices=activations.NAMES,
-                   help="hidden activation (default tanh)")
-    p.add_argument("--loss", default="softmax_cross_entropy", choices=losses.NAMES,
-                   help="loss (default softmax_cross_entropy)")
-    p.add_argument("--dtype", default="float64", choices=_DTYPES,
-                   help="parameter dtype (default float64; finite differences always run in "
-                        "float64)")
+    p.add_argument(
+        "--sizes",
+        default="64,32,10",
+        help="layer sizes, input first, comma separated (default 64,32,10)",
+    )
+    p.add_argument(
+        "--activation",
+        default="tanh",
+        choices=activations.NAMES,
+        help="hidden activation (default tanh)",
+    )
+    p.add_argument(
+        "--loss",
+        default="softmax_cross_entropy",
+        choices=losses.NAMES,
+        help="loss (default softmax_cross_entropy)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float64",
+        choices=_DTYPES,
+        help="parameter dtype (default float64; finite differences always run in float64)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for parameters and data")
     p.add_argument("--batch", type=int, default=8, help="examples in the random batch")
-    p.add_argument("--dropout", type=float, default=0.0,
-                   help="dropout rate (checked in training mode with a fixed key)")
-    p.add_argument("--max-coords", type=int, default=256,
-                   help="leaves up to this size are differenced coordinate by coordinate")
-    p.add_argument("--directions", type=int, default=8,
-                   help="random directions per larger leaf")
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="dropout rate (checked in training mode with a fixed key)",
+    )
+    p.add_argument(
+        "--max-coords",
+        type=int,
+        default=256,
+        help="leaves up to this size are differenced coordinate by coordinate",
+    )
+    p.add_argument("--directions", type=int, default=8, help="random directions per larger leaf")
     p.add_argument("--json", metavar="PATH", help="write the report as JSON to PATH")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -55,11 +76,13 @@ def _sizes(text: str) -> list[int]:
     try:
         sizes = [int(s) for s in text.split(",")]
     except ValueError:
-        raise UsageError(f"--sizes: expected comma-separated positive ints such as 64,32,10, "
-                         f"got {text!r}") from None
+        raise UsageError(
+            f"--sizes: expected comma-separated positive ints such as 64,32,10, got {text!r}"
+        ) from None
     if len(sizes) < 2 or min(sizes) < 1:
-        raise UsageError(f"--sizes: expected at least two positive ints such as 64,32,10, "
-                         f"got {text!r}")
+        raise UsageError(
+            f"--sizes: expected at least two positive ints such as 64,32,10, got {text!r}"
+        )
     return sizes
 
 
@@ -92,16 +115,39 @@ def run(args) -> int:
     else:
         y = jax.random.normal(k_y, (args.batch, n_out), dtype)
     key = k_drop if args.dropout else None
-    report = check.check_model(model, args.loss, params, x, y, key=key,
-                               max_coords=args.max_coords, directions=args.directions)
+    report = check.check_model(
+        model,
+        args.loss,
+        params,
+        x,
+        y,
+        key=key,
+        max_coords=args.max_coords,
+        directions=args.directions,
+    )
     print(report)
     if args.json:
-        config = {k: getattr(args, k) for k in ("sizes", "activation", "loss", "dtype", "seed",
-                                                "batch", "dropout", "max_coords", "directions")}
+        config = {
+            k: getattr(args, k)
+            for k in (
+                "sizes",
+                "activation",
+                "loss",
+                "dtype",
+                "seed",
+                "batch",
+                "dropout",
+                "max_coords",
+                "directions",
+            )
+        }
         config["sizes"] = sizes
-        out = {**report.as_dict(), "config": config,
-               "versions": {"fnn": fnn.__version__, "jax": jax.__version__},
-               "device": str(jax.devices()[0])}
+        out = {
+            **report.as_dict(),
+            "config": config,
+            "versions": {"fnn": fnn.__version__, "jax": jax.__version__},
+            "device": str(jax.devices()[0]),
+        }
         with open(args.json, "w") as fh:
             json.dump(_strict(out), fh, indent=2)
             fh.write("\n")

@@ -22,9 +22,11 @@ import os
 from fnn.cli import UsageError
 
 #: The rule :func:`fnn.diagnostics.lr_find` uses, in words (printed and written to the JSON).
-RULE = ("the rate at the minimum of the smoothed loss divided by 10: at the minimum the rate "
-        "is already on the edge of instability, a tenth of it still descends fast and is "
-        "stable (Smith 2017, as popularised by fastai)")
+RULE = (
+    "the rate at the minimum of the smoothed loss divided by 10: at the minimum the rate "
+    "is already on the edge of instability, a tenth of it still descends fast and is "
+    "stable (Smith 2017, as popularised by fastai)"
+)
 
 DEFAULTS = {
     "data": "digits",
@@ -62,26 +64,44 @@ def add_parser(sub) -> None:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data", default=DEFAULTS["data"],
-                   help="xor, moons, circles, spirals, digits, or mnist:PATH")
-    p.add_argument("--hidden", default=DEFAULTS["hidden"],
-                   help="hidden layer widths, comma separated ('' for a linear model)")
+    p.add_argument(
+        "--data",
+        default=DEFAULTS["data"],
+        help="xor, moons, circles, spirals, digits, or mnist:PATH",
+    )
+    p.add_argument(
+        "--hidden",
+        default=DEFAULTS["hidden"],
+        help="hidden layer widths, comma separated ('' for a linear model)",
+    )
     p.add_argument("--activation", default=DEFAULTS["activation"])
     p.add_argument("--loss", default=None, help="default: the dataset's loss")
-    p.add_argument("--optimizer", default=DEFAULTS["optimizer"],
-                   help="adam, adamw, sgd, gd, momentum, nesterov, rmsprop or adagrad")
-    p.add_argument("--min-lr", type=float, default=DEFAULTS["min_lr"],
-                   help="the rate of the first step")
-    p.add_argument("--max-lr", type=float, default=DEFAULTS["max_lr"],
-                   help="the rate of the last step")
-    p.add_argument("--steps", type=int, default=DEFAULTS["steps"],
-                   help="steps of the sweep (at least 10)")
+    p.add_argument(
+        "--optimizer",
+        default=DEFAULTS["optimizer"],
+        help="adam, adamw, sgd, gd, momentum, nesterov, rmsprop or adagrad",
+    )
+    p.add_argument(
+        "--min-lr", type=float, default=DEFAULTS["min_lr"], help="the rate of the first step"
+    )
+    p.add_argument(
+        "--max-lr", type=float, default=DEFAULTS["max_lr"], help="the rate of the last step"
+    )
+    p.add_argument(
+        "--steps", type=int, default=DEFAULTS["steps"], help="steps of the sweep (at least 10)"
+    )
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"],
-                   help="seed of the data split, the initial parameters and the batch order")
-    p.add_argument("--out", default=None,
-                   help="output folder, or a .png path for the figure "
-                        "(default runs/lr-find-<date-time>/)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULTS["seed"],
+        help="seed of the data split, the initial parameters and the batch order",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder, or a .png path for the figure (default runs/lr-find-<date-time>/)",
+    )
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -104,21 +124,26 @@ def _parse(args) -> dict:
         "seed": args.seed,
     }
     if args.activation not in activations.NAMES:
-        raise UsageError(f"--activation: unknown {args.activation!r}; expected one of: "
-                         f"{', '.join(activations.NAMES)}")
+        raise UsageError(
+            f"--activation: unknown {args.activation!r}; expected one of: "
+            f"{', '.join(activations.NAMES)}"
+        )
     if args.loss is not None and args.loss not in losses.NAMES:
-        raise UsageError(f"--loss: unknown {args.loss!r}; expected one of: "
-                         f"{', '.join(losses.NAMES)}")
+        raise UsageError(
+            f"--loss: unknown {args.loss!r}; expected one of: {', '.join(losses.NAMES)}"
+        )
     names = _optimizers()
     if args.optimizer not in names:
-        raise UsageError(f"--optimizer: unknown {args.optimizer!r}; expected one of: "
-                         f"{', '.join(names)}")
+        raise UsageError(
+            f"--optimizer: unknown {args.optimizer!r}; expected one of: {', '.join(names)}"
+        )
     for flag, v in (("--min-lr", args.min_lr), ("--max-lr", args.max_lr)):
         if not (v > 0 and math.isfinite(v)):
             raise UsageError(f"{flag}: expected a positive finite number, got {v}")
     if not args.max_lr > args.min_lr:
-        raise UsageError(f"--min-lr, --max-lr: expected --min-lr < --max-lr, got "
-                         f"{args.min_lr} and {args.max_lr}")
+        raise UsageError(
+            f"--min-lr, --max-lr: expected --min-lr < --max-lr, got {args.min_lr} and {args.max_lr}"
+        )
     if args.steps < 10:
         raise UsageError(f"--steps: expected at least 10, got {args.steps}")
     if args.batch_size < 1:
@@ -176,8 +201,10 @@ def run(args) -> int:
     loss = cfg["loss"] or ds.loss
     n = len(ds.x_train)
     if cfg["batch_size"] > n:
-        raise UsageError(f"--batch-size: expected at most {n} (the training examples of "
-                         f"{cfg['data']}), got {cfg['batch_size']}")
+        raise UsageError(
+            f"--batch-size: expected at most {n} (the training examples of "
+            f"{cfg['data']}), got {cfg['batch_size']}"
+        )
     figure = _figure_path(args.out)  # created only once every flag has been checked
     out = 1 if loss in ("mse", "binary_cross_entropy") and ds.classes == 2 else ds.classes
     features = math.prod(ds.feature_shape)
@@ -185,9 +212,16 @@ def run(args) -> int:
     x = ds.x_train.reshape(n, features)
     y = targets(loss, ds.y_train, ds.classes)
     result = diagnostics.lr_find(
-        model, loss, (x, y), optimizer=_optimizers()[cfg["optimizer"]], min_lr=cfg["min_lr"],
-        max_lr=cfg["max_lr"], steps=cfg["steps"], batch_size=cfg["batch_size"],
-        key=jax.random.key(cfg["seed"]))
+        model,
+        loss,
+        (x, y),
+        optimizer=_optimizers()[cfg["optimizer"]],
+        min_lr=cfg["min_lr"],
+        max_lr=cfg["max_lr"],
+        steps=cfg["steps"],
+        batch_size=cfg["batch_size"],
+        key=jax.random.key(cfg["seed"]),
+    )
     plots.lr_sweep(result, figure, title=f"fnn lr-find: {cfg['data']}, {cfg['optimizer']}")
     payload = {
         "config": {**cfg, "loss": loss},
@@ -207,10 +241,15 @@ def run(args) -> int:
     if args.json:
         _write_json(args.json, payload)
     if not args.quiet:
-        stop = ("ran all steps without diverging" if result.diverged_at is None else
-                f"diverged at step {result.diverged_at} (lr {result.lrs[-1]:.3g})")
-        print(f"swept lr {cfg['min_lr']:.3g} .. {cfg['max_lr']:.3g} over {len(result.lrs)} "
-              f"of {cfg['steps']} steps; {stop}")
+        stop = (
+            "ran all steps without diverging"
+            if result.diverged_at is None
+            else f"diverged at step {result.diverged_at} (lr {result.lrs[-1]:.3g})"
+        )
+        print(
+            f"swept lr {cfg['min_lr']:.3g} .. {cfg['max_lr']:.3g} over {len(result.lrs)} "
+            f"of {cfg['steps']} steps; {stop}"
+        )
         best = float(np.min(result.smoothed[np.isfinite(result.smoothed)]))
         print(f"minimum of the smoothed loss: {best:.4g} at lr {result.min_loss_lr:.3g}")
         print(f"suggested learning rate: {result.suggested_lr:.3g}")

@@ -50,42 +50,74 @@ def add_parser(sub) -> None:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data", default=DEFAULTS["data"],
-                   help="xor, moons, circles, spirals, digits, or mnist:PATH")
-    p.add_argument("--hidden", default=DEFAULTS["hidden"],
-                   help="hidden layer widths, comma separated ('' for a linear model)")
+    p.add_argument(
+        "--data",
+        default=DEFAULTS["data"],
+        help="xor, moons, circles, spirals, digits, or mnist:PATH",
+    )
+    p.add_argument(
+        "--hidden",
+        default=DEFAULTS["hidden"],
+        help="hidden layer widths, comma separated ('' for a linear model)",
+    )
     p.add_argument("--activation", default=DEFAULTS["activation"])
     p.add_argument("--loss", default=DEFAULTS["loss"], help="default: the dataset's loss")
     p.add_argument("--optimizer", default=DEFAULTS["optimizer"])
-    p.add_argument("--lr", default=str(DEFAULTS["lr"]),
-                   help="learning rate; a comma-separated list runs a sweep in one program")
+    p.add_argument(
+        "--lr",
+        default=str(DEFAULTS["lr"]),
+        help="learning rate; a comma-separated list runs a sweep in one program",
+    )
     p.add_argument("--schedule", default=DEFAULTS["schedule"])
     p.add_argument("--batch-size", default=DEFAULTS["batch_size"], help="a number or 'full'")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"number of epochs (default {DEFAULTS['epochs']})")
+    p.add_argument(
+        "--epochs", type=int, default=None, help=f"number of epochs (default {DEFAULTS['epochs']})"
+    )
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    p.add_argument("--seeds", type=int, default=None,
-                   help="train this many seeds (seed, seed+1, ...) at once in one program")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="train this many seeds (seed, seed+1, ...) at once in one program",
+    )
     p.add_argument("--grad", choices=["autodiff", "manual"], default=DEFAULTS["grad"])
     p.add_argument("--devices", default=DEFAULTS["devices"], help="a number or 'all'")
     p.add_argument("--out", default=None, help="output folder (default runs/<date-time>/)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
-    p.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
-                   help="save a checkpoint every N epochs (and on Ctrl-C)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="save a checkpoint every N epochs (and on Ctrl-C)",
+    )
     p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest good checkpoint in --out")
-    p.add_argument("--on-nonfinite", choices=["raise", "skip"],
-                   default=DEFAULTS["on_nonfinite"],
-                   help="on a NaN/inf loss or gradient: stop with an error, or skip the update")
-    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
-                   help="multi-process: address of process 0")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the newest good checkpoint in --out"
+    )
+    p.add_argument(
+        "--on-nonfinite",
+        choices=["raise", "skip"],
+        default=DEFAULTS["on_nonfinite"],
+        help="on a NaN/inf loss or gradient: stop with an error, or skip the update",
+    )
+    p.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="multi-process: address of process 0",
+    )
     p.add_argument("--num-processes", type=int, default=1)
     p.add_argument("--process-id", type=int, default=0)
-    p.add_argument("--heartbeat-timeout", type=int, default=None, metavar="SECONDS",
-                   help="multi-process: abort when a peer is silent this long (JAX's "
-                        "default 100 s; or FNN_HEARTBEAT_TIMEOUT)")
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="multi-process: abort when a peer is silent this long (JAX's "
+        "default 100 s; or FNN_HEARTBEAT_TIMEOUT)",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -121,11 +153,14 @@ def _parse_config(args) -> dict:
     from fnn import activations, losses
 
     if args.activation not in activations.NAMES:
-        raise UsageError(f"--activation: unknown {args.activation!r}; expected one of: "
-                         f"{', '.join(activations.NAMES)}")
+        raise UsageError(
+            f"--activation: unknown {args.activation!r}; expected one of: "
+            f"{', '.join(activations.NAMES)}"
+        )
     if args.loss is not None and args.loss not in losses.NAMES:
-        raise UsageError(f"--loss: unknown {args.loss!r}; expected one of: "
-                         f"{', '.join(losses.NAMES)}")
+        raise UsageError(
+            f"--loss: unknown {args.loss!r}; expected one of: {', '.join(losses.NAMES)}"
+        )
     return cfg
 
 
@@ -137,11 +172,11 @@ def _parse_hidden(text: str) -> list[int]:
         try:
             n = int(part)
         except ValueError:
-            raise UsageError(f"--hidden: expected comma-separated positive ints such as "
-                             f"128,64, got {text!r}") from None
+            raise UsageError(
+                f"--hidden: expected comma-separated positive ints such as 128,64, got {text!r}"
+            ) from None
         if n < 1:
-            raise UsageError(f"--hidden: every width must be a positive int, got {n} in "
-                             f"{text!r}")
+            raise UsageError(f"--hidden: every width must be a positive int, got {n} in {text!r}")
         out.append(n)
     return out
 
@@ -152,8 +187,9 @@ def _parse_lrs(text: str) -> list[float]:
         try:
             v = float(part)
         except ValueError:
-            raise UsageError(f"--lr: expected a positive number (or a comma-separated list), "
-                             f"got {text!r}") from None
+            raise UsageError(
+                f"--lr: expected a positive number (or a comma-separated list), got {text!r}"
+            ) from None
         if not v > 0 or v != v or v == float("inf"):
             raise UsageError(f"--lr: expected a positive finite number, got {part}")
         out.append(v)
@@ -166,8 +202,7 @@ def _parse_batch(text: str):
     try:
         n = int(text)
     except ValueError:
-        raise UsageError(f"--batch-size: expected a positive int or 'full', got {text!r}") \
-            from None
+        raise UsageError(f"--batch-size: expected a positive int or 'full', got {text!r}") from None
     if n < 1:
         raise UsageError(f"--batch-size: expected a positive int or 'full', got {n}")
     return n
@@ -221,8 +256,13 @@ def _versions() -> dict:
 
     from fnn import __version__
 
-    return {"fnn": __version__, "jax": jax.__version__, "jaxlib": _jaxlib_version(),
-            "optax": optax.__version__, "python": platform.python_version()}
+    return {
+        "fnn": __version__,
+        "jax": jax.__version__,
+        "jaxlib": _jaxlib_version(),
+        "optax": optax.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _jaxlib_version() -> str:

@@ -83,9 +83,7 @@ def split(x, y, *, test_fraction: float = 0.2, seed: int = 0, stratify: bool = T
     """
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim < 1 or y.shape != x.shape[:1]:
-        raise ValueError(
-            f"split: expected x [n, ...] and y [n], got x {x.shape} and y {y.shape}"
-        )
+        raise ValueError(f"split: expected x [n, ...] and y [n], got x {x.shape} and y {y.shape}")
     if len(y) == 0:
         raise ValueError("split: the dataset is empty (0 samples)")
     if not 0.0 <= test_fraction < 1.0:
@@ -142,9 +140,15 @@ def _finish(name, x_tr, y_tr, x_te, y_te, standardize_, classes=None) -> Dataset
         x_tr, x_te, mean, std = standardize(x_tr, x_te)
     classes = int(max(y_tr.max(), y_te.max(initial=0))) + 1 if classes is None else classes
     return Dataset(
-        np.asarray(x_tr, np.float32), np.asarray(y_tr, np.int32),
-        np.asarray(x_te, np.float32), np.asarray(y_te, np.int32),
-        name=name, classes=classes, feature_shape=tuple(x_tr.shape[1:]), mean=mean, std=std,
+        np.asarray(x_tr, np.float32),
+        np.asarray(y_tr, np.int32),
+        np.asarray(x_te, np.float32),
+        np.asarray(y_te, np.int32),
+        name=name,
+        classes=classes,
+        feature_shape=tuple(x_tr.shape[1:]),
+        mean=mean,
+        std=std,
     )
 
 
@@ -163,8 +167,14 @@ def _counts(n: int, k: int) -> list[int]:
 # ---------------------------------------------------------------------- synthetic data
 
 
-def xor(n: int = 400, noise: float = 0.15, *, seed: int = 0, test_fraction: float = 0.2,
-        standardize: bool = True) -> Dataset:
+def xor(
+    n: int = 400,
+    noise: float = 0.15,
+    *,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    standardize: bool = True,
+) -> Dataset:
     """XOR: Gaussian blobs of std ``noise`` around the corners of the unit square.
 
     The label is ``x0 XOR x1`` of the corner, so opposite corners share a class and no line
@@ -183,8 +193,14 @@ def xor(n: int = 400, noise: float = 0.15, *, seed: int = 0, test_fraction: floa
     return _make("xor", x, y, seed=seed, test_fraction=test_fraction, standardize_=standardize)
 
 
-def moons(n: int = 500, noise: float = 0.1, *, seed: int = 0, test_fraction: float = 0.2,
-          standardize: bool = True) -> Dataset:
+def moons(
+    n: int = 500,
+    noise: float = 0.1,
+    *,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    standardize: bool = True,
+) -> Dataset:
     """Two interleaving half circles (class 0 on top, class 1 shifted below), plus noise.
 
     Returns:
@@ -201,8 +217,15 @@ def moons(n: int = 500, noise: float = 0.1, *, seed: int = 0, test_fraction: flo
     return _make("moons", x, y, seed=seed, test_fraction=test_fraction, standardize_=standardize)
 
 
-def circles(n: int = 500, noise: float = 0.05, *, factor: float = 0.5, seed: int = 0,
-            test_fraction: float = 0.2, standardize: bool = True) -> Dataset:
+def circles(
+    n: int = 500,
+    noise: float = 0.05,
+    *,
+    factor: float = 0.5,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    standardize: bool = True,
+) -> Dataset:
     """Two concentric circles: class 0 of radius 1, class 1 of radius ``factor``, plus noise.
 
     Returns:
@@ -218,12 +241,19 @@ def circles(n: int = 500, noise: float = 0.05, *, factor: float = 0.5, seed: int
     x = radius[:, None] * np.stack([np.cos(t), np.sin(t)], axis=1)
     x = x + noise * rng.standard_normal((n, 2))
     y = np.repeat(np.array([0, 1], np.int32), counts)
-    return _make("circles", x, y, seed=seed, test_fraction=test_fraction,
-                 standardize_=standardize)
+    return _make("circles", x, y, seed=seed, test_fraction=test_fraction, standardize_=standardize)
 
 
-def spirals(n: int = 600, classes: int = 3, noise: float = 0.05, *, turns: float = 1.0,
-            seed: int = 0, test_fraction: float = 0.2, standardize: bool = True) -> Dataset:
+def spirals(
+    n: int = 600,
+    classes: int = 3,
+    noise: float = 0.05,
+    *,
+    turns: float = 1.0,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    standardize: bool = True,
+) -> Dataset:
     """``classes`` interleaved spiral arms from the origin, ``turns`` turns each, plus noise.
 
     Arm ``k`` is ``r (cos a, sin a)`` with ``r`` from 0 to 1 and
@@ -243,8 +273,15 @@ def spirals(n: int = 600, classes: int = 3, noise: float = 0.05, *, turns: float
     a = 2 * np.pi * (y / classes + turns * r)
     x = r[:, None] * np.stack([np.cos(a), np.sin(a)], axis=1)
     x = x + noise * rng.standard_normal((n, 2))
-    return _make("spirals", x, y, seed=seed, test_fraction=test_fraction,
-                 standardize_=standardize, classes=int(classes))
+    return _make(
+        "spirals",
+        x,
+        y,
+        seed=seed,
+        test_fraction=test_fraction,
+        standardize_=standardize,
+        classes=int(classes),
+    )
 
 
 # ---------------------------------------------------------------------- real images
@@ -269,8 +306,15 @@ def digits(*, seed: int = 0, test_fraction: float = 0.2, standardize: bool = Tru
             "the digits dataset needs scikit-learn; install it with: pip install 'fnn[examples]'"
         ) from err
     x, y = load_digits(return_X_y=True)
-    return _make("digits", x, y.astype(np.int32), seed=seed, test_fraction=test_fraction,
-                 standardize_=standardize, classes=10)
+    return _make(
+        "digits",
+        x,
+        y.astype(np.int32),
+        seed=seed,
+        test_fraction=test_fraction,
+        standardize_=standardize,
+        classes=10,
+    )
 
 
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -305,31 +349,40 @@ def read_idx(path, *, ndim: int | None = None) -> np.ndarray:
     except (gzip.BadGzipFile, EOFError, OSError) as err:
         if isinstance(err, FileNotFoundError):
             raise
-        raise ValueError(f"{path}: cannot decompress it ({err}); the .gz file is corrupt or "
-                         f"truncated") from err
+        raise ValueError(
+            f"{path}: cannot decompress it ({err}); the .gz file is corrupt or truncated"
+        ) from err
     if len(raw) < 4:
         raise ValueError(f"{path}: only {len(raw)} bytes, too short for an IDX header")
     magic = int.from_bytes(raw[:4], "big")
     code, dims_n = raw[2], raw[3]
     want = f"0x0000{_code(ndim)}" if ndim else "0x000008NN"
     if raw[0] or raw[1] or code not in _IDX_TYPES or (ndim is not None and dims_n != ndim):
-        raise ValueError(f"{path}: wrong magic number 0x{magic:08X}, expected {want} "
-                         f"(is this the right IDX file?)")
+        raise ValueError(
+            f"{path}: wrong magic number 0x{magic:08X}, expected {want} "
+            f"(is this the right IDX file?)"
+        )
     header = 4 + 4 * dims_n
     if len(raw) < header:
-        raise ValueError(f"{path}: corrupt header: {dims_n} dimensions need {header} header "
-                         f"bytes, the file has {len(raw)}")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims_n))
+        raise ValueError(
+            f"{path}: corrupt header: {dims_n} dimensions need {header} header "
+            f"bytes, the file has {len(raw)}"
+        )
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims_n))
     dtype = np.dtype(_IDX_TYPES[code])
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     found = len(raw) - header
     shape = "x".join(map(str, dims))
     if found < expected:
-        raise ValueError(f"{path}: truncated: header promises {shape} = {expected} data "
-                         f"bytes, the file holds {found}")
+        raise ValueError(
+            f"{path}: truncated: header promises {shape} = {expected} data "
+            f"bytes, the file holds {found}"
+        )
     if found > expected:
-        raise ValueError(f"{path}: size mismatch: header promises {shape} = {expected} data "
-                         f"bytes, the file holds {found} ({found - expected} extra)")
+        raise ValueError(
+            f"{path}: size mismatch: header promises {shape} = {expected} data "
+            f"bytes, the file holds {found} ({found - expected} extra)"
+        )
     return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -338,8 +391,10 @@ def _code(ndim: int) -> str:
 
 
 _MNIST_FILES = {
-    "x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
-    "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte",
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
 }
 
 
@@ -357,11 +412,13 @@ def _find_idx(directory: str, stem: str) -> str:
 
 def _check_pair(where: str, x: np.ndarray, y: np.ndarray, xname: str, yname: str) -> None:
     if y.ndim != 1 or x.ndim < 2:
-        raise ValueError(f"{where}: expected {xname} [n, ...] and {yname} [n], got "
-                         f"{x.shape} and {y.shape}")
+        raise ValueError(
+            f"{where}: expected {xname} [n, ...] and {yname} [n], got {x.shape} and {y.shape}"
+        )
     if len(x) != len(y):
-        raise ValueError(f"{where}: count mismatch: {len(x)} images in {xname} but "
-                         f"{len(y)} labels in {yname}")
+        raise ValueError(
+            f"{where}: count mismatch: {len(x)} images in {xname} but {len(y)} labels in {yname}"
+        )
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"{where}: {yname} must hold integer labels, got dtype {y.dtype}")
     if len(y) and y.min() < 0:
@@ -394,8 +451,9 @@ def mnist(path, *, flatten: bool = True, standardize: bool = True) -> Dataset:
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"mnist: {path} does not exist; pass a folder of IDX files "
-                                f"or an .npz file")
+        raise FileNotFoundError(
+            f"mnist: {path} does not exist; pass a folder of IDX files or an .npz file"
+        )
     if os.path.isdir(path):
         files = {k: _find_idx(path, stem) for k, stem in _MNIST_FILES.items()}
         arrays = {k: read_idx(p, ndim=3 if k[0] == "x" else 1) for k, p in files.items()}
@@ -406,11 +464,18 @@ def mnist(path, *, flatten: bool = True, standardize: bool = True) -> Dataset:
         x, y = arrays["x_" + part], arrays["y_" + part]
         xf, yf = files["x_" + part], files["y_" + part]
         where = xf if xf == yf else f"{xf} and {yf}"
-        _check_pair(where, x, y, os.path.basename(xf) if xf != yf else "x_" + part,
-                    os.path.basename(yf) if xf != yf else "y_" + part)
+        _check_pair(
+            where,
+            x,
+            y,
+            os.path.basename(xf) if xf != yf else "x_" + part,
+            os.path.basename(yf) if xf != yf else "y_" + part,
+        )
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
-        raise ValueError(f"{path}: train images are {arrays['x_train'].shape[1:]} but test "
-                         f"images are {arrays['x_test'].shape[1:]}")
+        raise ValueError(
+            f"{path}: train images are {arrays['x_train'].shape[1:]} but test "
+            f"images are {arrays['x_test'].shape[1:]}"
+        )
     if len(arrays["x_train"]) == 0:
         raise ValueError(f"{path}: the training part is empty (0 images)")
     xs = []
@@ -433,8 +498,10 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
             with z:
                 missing = [k for k in _MNIST_FILES if k not in z.files]
                 if missing:
-                    raise ValueError(f"{path}: missing arrays {missing}; found "
-                                     f"{sorted(z.files)}, need x_train, y_train, x_test, y_test")
+                    raise ValueError(
+                        f"{path}: missing arrays {missing}; found "
+                        f"{sorted(z.files)}, need x_train, y_train, x_test, y_test"
+                    )
                 return {k: z[k] for k in _MNIST_FILES}
     except FileNotFoundError:
         raise
@@ -448,12 +515,12 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------------------- by name
 
-_LOADERS = {"xor": xor, "moons": moons, "circles": circles, "spirals": spirals,
-            "digits": digits}
+_LOADERS = {"xor": xor, "moons": moons, "circles": circles, "spirals": spirals, "digits": digits}
 
 
-def load(spec: str, *, seed: int = 0, test_fraction: float = 0.2, standardize: bool = True,
-         **options) -> Dataset:
+def load(
+    spec: str, *, seed: int = 0, test_fraction: float = 0.2, standardize: bool = True, **options
+) -> Dataset:
     """A dataset by name: ``xor``, ``moons``, ``circles``, ``spirals``, ``digits`` or
     ``mnist:PATH``.
 
@@ -473,8 +540,9 @@ def load(spec: str, *, seed: int = 0, test_fraction: float = 0.2, standardize: b
     name, sep, arg = spec.partition(":")
     if name == "mnist":
         if not arg:
-            raise ValueError("dataset 'mnist' needs a path: mnist:PATH (a folder of IDX files "
-                             "or an .npz file)")
+            raise ValueError(
+                "dataset 'mnist' needs a path: mnist:PATH (a folder of IDX files or an .npz file)"
+            )
         fn, kwargs = mnist, {"standardize": standardize}
     elif name in _LOADERS and not sep:
         fn = _LOADERS[name]
@@ -484,6 +552,7 @@ def load(spec: str, *, seed: int = 0, test_fraction: float = 0.2, standardize: b
     accepted = [p for p in inspect.signature(fn).parameters if p not in (*kwargs, "path")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(f"dataset {name!r}: unknown option(s) {unknown}; it accepts "
-                         f"{accepted or 'none'}")
+        raise ValueError(
+            f"dataset {name!r}: unknown option(s) {unknown}; it accepts {accepted or 'none'}"
+        )
     return fn(arg, **kwargs, **options) if name == "mnist" else fn(**kwargs, **options)

@@ -67,8 +67,11 @@ def grad_norms(grads, model: Model | None = None) -> dict[str, Array]:
     del model
     if isinstance(grads, dict):
         grads = [grads]
-    return {f"[{i}]": jnp.linalg.norm(g["w"]) for i, g in enumerate(grads)
-            if isinstance(g, dict) and "w" in g}
+    return {
+        f"[{i}]": jnp.linalg.norm(g["w"])
+        for i, g in enumerate(grads)
+        if isinstance(g, dict) and "w" in g
+    }
 
 
 def update_ratios(params_before, params_after) -> dict[str, Array]:
@@ -79,7 +82,8 @@ def update_ratios(params_before, params_after) -> dict[str, Array]:
     for i, (a, b) in enumerate(zip(params_before, params_after, strict=True)):
         if isinstance(a, dict) and "w" in a:
             out[f"[{i}]"] = jnp.linalg.norm(b["w"] - a["w"]) / jnp.maximum(
-                jnp.linalg.norm(a["w"]), jnp.finfo(a["w"].dtype).tiny)
+                jnp.linalg.norm(a["w"]), jnp.finfo(a["w"].dtype).tiny
+            )
     return out
 
 
@@ -237,8 +241,9 @@ def lr_find(
     x, y = jnp.asarray(x), jnp.asarray(y)
     per_epoch = n // batch_size
     reps = -(-steps // per_epoch)
-    order = jnp.concatenate([jax.random.permutation(jax.random.fold_in(k_perm, r), n)
-                             for r in range(reps)])[: steps * batch_size]
+    order = jnp.concatenate(
+        [jax.random.permutation(jax.random.fold_in(k_perm, r), n) for r in range(reps)]
+    )[: steps * batch_size]
     idx = order.reshape(steps, batch_size)
 
     def objective(p, xb, yb):

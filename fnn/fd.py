@@ -28,8 +28,6 @@ class PrecisionWarning(UserWarning):
     """Finite differences were asked for in a dtype too coarse to trust them."""
 
 
-
-
 class FDLeaf(NamedTuple):
     """Finite-difference estimates for one leaf.
 
@@ -102,21 +100,37 @@ class FiniteDifferences(NamedTuple):
 
         got = _leaves_by_path(grads)
         if list(got) != [leaf.path for leaf in self.leaves]:
-            raise ValueError(f"{label}: expected leaves {[lf.path for lf in self.leaves]}, "
-                             f"got {list(got)}")
+            raise ValueError(
+                f"{label}: expected leaves {[lf.path for lf in self.leaves]}, got {list(got)}"
+            )
         rows = []
         for leaf in self.leaves:
             g = got[leaf.path]
             drt, frac = default_tolerances(jnp.result_type(g))
             rt = max(FD_TOLERANCES[0], drt) if rtol is None else rtol
-            at = atol if atol is not None else max(
-                FD_TOLERANCES[1] * max(1.0, abs(self.value)), frac * _scale(np.asarray(g)))
+            at = (
+                atol
+                if atol is not None
+                else max(FD_TOLERANCES[1] * max(1.0, abs(self.value)), frac * _scale(np.asarray(g)))
+            )
             if leaf.mode == "skipped" or np.shape(g) != leaf.shape:
                 bad = leaf.mode != "skipped"
-                rows.append(Row(leaf.path, tuple(np.shape(g)), str(jnp.result_type(g)),
-                                math.inf if bad else 0.0, math.inf if bad else 0.0, (),
-                                np.size(g) if bad else 0, 0, rt, at, not bad,
-                                f"shape {np.shape(g)} vs {leaf.shape}" if bad else "not checked"))
+                rows.append(
+                    Row(
+                        leaf.path,
+                        tuple(np.shape(g)),
+                        str(jnp.result_type(g)),
+                        math.inf if bad else 0.0,
+                        math.inf if bad else 0.0,
+                        (),
+                        np.size(g) if bad else 0,
+                        0,
+                        rt,
+                        at,
+                        not bad,
+                        f"shape {np.shape(g)} vs {leaf.shape}" if bad else "not checked",
+                    )
+                )
                 continue
             row = _compare_leaf(leaf.path, leaf.project(g), leaf.estimate, rt, at, leaf.kinks)
             rows.append(row._replace(shape=tuple(np.shape(g)), dtype=str(jnp.result_type(g))))
@@ -173,10 +187,12 @@ def numerical_grad(
         raise TypeError(f"numerical_grad: params must be floating point, got {dtype}")
     machine_eps = float(jnp.finfo(dtype).eps)
     if jnp.finfo(dtype).bits < 64:
-        msg = (f"numerical_grad in {dtype.name}: central differences keep only ~eps**(2/3) = "
-               f"{machine_eps ** (2 / 3):.0e} relative accuracy, so correct gradients can look "
-               "wrong; enable x64 (jax.config.update('jax_enable_x64', True)) and cast params "
-               "and inputs to float64, or pass allow_low_precision=True")
+        msg = (
+            f"numerical_grad in {dtype.name}: central differences keep only ~eps**(2/3) = "
+            f"{machine_eps ** (2 / 3):.0e} relative accuracy, so correct gradients can look "
+            "wrong; enable x64 (jax.config.update('jax_enable_x64', True)) and cast params "
+            "and inputs to float64, or pass allow_low_precision=True"
+        )
         if not allow_low_precision:
             raise ValueError(msg)
         warnings.warn(msg, PrecisionWarning, stacklevel=2)
@@ -194,8 +210,9 @@ def numerical_grad(
         p = unravel(flat + delta)
         if base_pattern is None:
             return f(p), jnp.zeros((), bool)
-        moved = [jnp.any(a != b) for a, b in zip(jax.tree.leaves(kink_fn(p)), base_pattern,
-                                                 strict=True)]
+        moved = [
+            jnp.any(a != b) for a, b in zip(jax.tree.leaves(kink_fn(p)), base_pattern, strict=True)
+        ]
         return f(p), jnp.any(jnp.stack(moved)) if moved else jnp.zeros((), bool)
 
     def run(deltas, *args):
@@ -212,9 +229,11 @@ def numerical_grad(
     n_c = coords.size
     vals, moved = np.zeros(0), np.zeros(0, bool)
     if n_c:
-        vals, moved = run(lambda i, t: jnp.zeros_like(flat).at[i].set(t),
-                          np.concatenate([coords, coords]),
-                          np.concatenate([h_up, -h_down]).astype(dtype))
+        vals, moved = run(
+            lambda i, t: jnp.zeros_like(flat).at[i].set(t),
+            np.concatenate([coords, coords]),
+            np.concatenate([h_up, -h_down]).astype(dtype),
+        )
     est_c = (vals[:n_c] - vals[n_c:]) / (h_up + h_down)
     kink_c = moved[:n_c] | moved[n_c:]
 
@@ -228,7 +247,7 @@ def numerical_grad(
         v = np.array(jax.random.normal(jax.random.fold_in(key, i), (directions, hi - lo)), float)
         dirs.append(v / np.linalg.norm(v, axis=1, keepdims=True))
         steps.append(eps or scale * max(1.0, float(np.abs(theta[lo:hi]).max())))
-        padded[j * directions:(j + 1) * directions, : hi - lo] = dirs[-1]
+        padded[j * directions : (j + 1) * directions, : hi - lo] = dirs[-1]
     n_d = len(padded)
     est_d, kink_d = np.zeros(0), np.zeros(0, bool)
     if n_d:
@@ -239,8 +258,12 @@ def numerical_grad(
             seg = jnp.zeros(flat.size + width, dtype)
             return jax.lax.dynamic_update_slice(seg, v * step, (lo,))[: flat.size]
 
-        dv, dm = run(shifted, np.concatenate([padded, padded]), np.tile(start, 2),
-                     np.concatenate([t, -t]).astype(dtype))
+        dv, dm = run(
+            shifted,
+            np.concatenate([padded, padded]),
+            np.tile(start, 2),
+            np.concatenate([t, -t]).astype(dtype),
+        )
         est_d, kink_d = (dv[:n_d] - dv[n_d:]) / (2 * t), dm[:n_d] | dm[n_d:]
 
     out = []
@@ -249,15 +272,30 @@ def numerical_grad(
         name = jax.tree_util.keystr(path)
         if i in small:
             sel = np.searchsorted(coords, np.arange(lo, hi))
-            out.append(FDLeaf(name, "coords", est_c[sel].reshape(shape), None,
-                              kink_c[sel].reshape(shape), float(h[lo:hi].max(initial=0))))
+            out.append(
+                FDLeaf(
+                    name,
+                    "coords",
+                    est_c[sel].reshape(shape),
+                    None,
+                    kink_c[sel].reshape(shape),
+                    float(h[lo:hi].max(initial=0)),
+                )
+            )
         elif i in large:
             j = large.index(i)
             sel = slice(j * directions, (j + 1) * directions)
-            out.append(FDLeaf(name, "directions", est_d[sel],
-                              dirs[j].reshape((directions, *shape)), kink_d[sel], steps[j]))
+            out.append(
+                FDLeaf(
+                    name,
+                    "directions",
+                    est_d[sel],
+                    dirs[j].reshape((directions, *shape)),
+                    kink_d[sel],
+                    steps[j],
+                )
+            )
         else:
             out.append(FDLeaf(name, "skipped", np.zeros(0), None, np.zeros(0, bool), 0.0))
     value = float(f(params))
     return FiniteDifferences(value, dtype.name, tuple(out))
-

@@ -68,8 +68,7 @@ def _mse_validate(pred: Array, target: Array) -> None:
     _check_float("target", target)
     if jnp.shape(pred) != jnp.shape(target):
         raise ValueError(
-            f"mse: target must have the shape of pred {jnp.shape(pred)}, "
-            f"got {jnp.shape(target)}"
+            f"mse: target must have the shape of pred {jnp.shape(pred)}, got {jnp.shape(target)}"
         )
 
 
@@ -218,11 +217,19 @@ def _sce_validate(pred: Array, target: Array) -> None:
 _REGISTRY: dict[str, Loss] = {
     "mse": Loss("mse", mse, _mse_grad, False, None, _mse_validate),
     "binary_cross_entropy": Loss(
-        "binary_cross_entropy", binary_cross_entropy, _bce_grad, True, _bce_accuracy,
+        "binary_cross_entropy",
+        binary_cross_entropy,
+        _bce_grad,
+        True,
+        _bce_accuracy,
         _bce_validate,
     ),
     "softmax_cross_entropy": Loss(
-        "softmax_cross_entropy", softmax_cross_entropy, _sce_grad, True, _sce_accuracy,
+        "softmax_cross_entropy",
+        softmax_cross_entropy,
+        _sce_grad,
+        True,
+        _sce_accuracy,
         _sce_validate,
     ),
 }

@@ -110,8 +110,10 @@ def _as_keys(keys, seeds):
                 raise TypeError(f"seeds[{i}]: expected an int, got {s!r}")
         return [jax.random.key(int(s)) for s in seeds]
     if keys is None:
-        raise ValueError("keys, seeds: pass K PRNG keys (keys=jax.random.split(key, K)) or K "
-                         "integer seeds (seeds=range(K))")
+        raise ValueError(
+            "keys, seeds: pass K PRNG keys (keys=jax.random.split(key, K)) or K "
+            "integer seeds (seeds=range(K))"
+        )
     if isinstance(keys, jax.Array):
         typed = jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
         if (typed and keys.ndim == 1) or (not typed and keys.ndim == 2):
@@ -131,19 +133,25 @@ def _as_hparams(hparams) -> dict[str, list]:
     if hparams is None:
         return {}
     if not isinstance(hparams, dict) or not all(isinstance(k, str) for k in hparams):
-        raise TypeError(f"hparams: expected a dict name -> K values, e.g. "
-                        f"{{'learning_rate': [1e-3, 1e-2]}}, got {type(hparams).__name__}")
+        raise TypeError(
+            f"hparams: expected a dict name -> K values, e.g. "
+            f"{{'learning_rate': [1e-3, 1e-2]}}, got {type(hparams).__name__}"
+        )
     out = {}
     for name, values in hparams.items():
         seq = list(values) if isinstance(values, (list, tuple, np.ndarray)) else [values]
         for i, v in enumerate(seq):
-            if callable(v) or isinstance(v, bool) or not isinstance(
-                    v, (int, float, np.integer, np.floating)):
+            if (
+                callable(v)
+                or isinstance(v, bool)
+                or not isinstance(v, (int, float, np.integer, np.floating))
+            ):
                 raise TypeError(
                     f"hparams[{name!r}][{i}]: expected a number, got {type(v).__name__}; a "
                     f"schedule cannot differ between runs: build it inside the factory, e.g. "
                     f"lambda learning_rate: optax.adam(optax.cosine_decay_schedule("
-                    f"learning_rate, steps))")
+                    f"learning_rate, steps))"
+                )
         # Python numbers: inject_hyperparams keeps ints and floats in the state but would take
         # a NumPy scalar for a static setting, baked into run 0's update for every run.
         out[name] = [float(v) if isinstance(v, (float, np.floating)) else int(v) for v in seq]
@@ -155,8 +163,9 @@ def _runs(lists: dict) -> int:
     k = max(sizes.values())
     wrong = {n: s for n, s in sizes.items() if s not in (1, k)}
     if k < 1 or wrong:
-        raise ValueError(f"runs: every list must hold K values or one (used by all runs); got "
-                         f"lengths {sizes}")
+        raise ValueError(
+            f"runs: every list must hold K values or one (used by all runs); got lengths {sizes}"
+        )
     return k
 
 
@@ -177,22 +186,28 @@ def _optimizers(optimizer, hp: dict, k_runs: int):
             raise TypeError(
                 f"optimizer: hparams={sorted(hp)} need an optax factory such as optax.adam "
                 f"(fnn calls optax.inject_hyperparams(factory)(**values) per run), got a "
-                f"GradientTransformation")
+                f"GradientTransformation"
+            )
         return optimizer, [optimizer] * k_runs
     if not callable(optimizer):
-        raise TypeError(f"optimizer: expected an optax GradientTransformation or a factory "
-                        f"such as optax.adam, got {type(optimizer).__name__}")
+        raise TypeError(
+            f"optimizer: expected an optax GradientTransformation or a factory "
+            f"such as optax.adam, got {type(optimizer).__name__}"
+        )
     if not hp:
-        raise TypeError("optimizer: a factory needs hparams={name: K values}; pass a "
-                        "GradientTransformation (e.g. optax.adam(1e-3)) to use one for all runs")
+        raise TypeError(
+            "optimizer: a factory needs hparams={name: K values}; pass a "
+            "GradientTransformation (e.g. optax.adam(1e-3)) to use one for all runs"
+        )
     wrapped = optax.inject_hyperparams(optimizer)
     try:
         runs = [wrapped(**{n: v[k] for n, v in hp.items()}) for k in range(k_runs)]
     except TypeError as err:
         raise TypeError(f"hparams: {sorted(hp)} do not fit the factory: {err}") from None
     # Floats and ints are stored with different dtypes; a list mixing them would stack badly.
-    kinds = tuple(sorted((n, any(isinstance(x, (float, np.floating)) for x in v))
-                         for n, v in hp.items()))
+    kinds = tuple(
+        sorted((n, any(isinstance(x, (float, np.floating)) for x in v)) for n, v in hp.items())
+    )
     key = (id(optimizer), kinds)
     if key not in _REPS:
         _REPS[key] = (optimizer, runs[0])
@@ -217,7 +232,8 @@ def _leaves_equal(a, b) -> bool:
 
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     return jax.tree.structure(a) == jax.tree.structure(b) and all(
-        u.dtype == v.dtype and bool(jnp.all(raw(u) == raw(v))) for u, v in zip(la, lb, strict=True))
+        u.dtype == v.dtype and bool(jnp.all(raw(u) == raw(v))) for u, v in zip(la, lb, strict=True)
+    )
 
 
 def _init_states(model, factory, rep, hp, optimizers, keys):
@@ -236,11 +252,14 @@ def _init_states(model, factory, rep, hp, optimizers, keys):
     states = [_init_one(model, opt, key) for key, opt in zip(keys, optimizers, strict=True)]
     for i, st in enumerate(states):  # an int hparam next to a float one: say so, not a crash
         if jax.tree.structure(st) != jax.tree.structure(states[0]) or any(
-                a.dtype != b.dtype for a, b in zip(jax.tree.leaves(st),
-                                                   jax.tree.leaves(states[0]), strict=True)):
-            raise TypeError(f"hparams: run {i}'s optimizer state differs in structure or dtype "
-                            f"from run 0's; give every run values of the same type (all floats "
-                            f"or all ints)")
+            a.dtype != b.dtype
+            for a, b in zip(jax.tree.leaves(st), jax.tree.leaves(states[0]), strict=True)
+        ):
+            raise TypeError(
+                f"hparams: run {i}'s optimizer state differs in structure or dtype "
+                f"from run 0's; give every run values of the same type (all floats "
+                f"or all ints)"
+            )
     return stack(states)
 
 
@@ -248,8 +267,10 @@ def _init_program(model, factory, rep, hp):
     """``keys [K] -> stacked start states`` as one compiled program (cached)."""
     dtype = jnp.result_type(*jax.tree.leaves(model.params_spec))
     # The values inject_hyperparams would store: floats in the parameters' dtype, ints int32.
-    arrays = {n: jnp.asarray(v, dtype if any(isinstance(x, float) for x in v) else jnp.int32)
-              for n, v in hp.items()}
+    arrays = {
+        n: jnp.asarray(v, dtype if any(isinstance(x, float) for x in v) else jnp.int32)
+        for n, v in hp.items()
+    }
 
     def build():
         def one(key, values):
@@ -258,8 +279,12 @@ def _init_program(model, factory, rep, hp):
 
         return jax.jit(jax.vmap(one))
 
-    program = _train._cached("many-init", (model, rep, factory),
-                             tuple(sorted((n, str(a.dtype)) for n, a in arrays.items())), build)
+    program = _train._cached(
+        "many-init",
+        (model, rep, factory),
+        tuple(sorted((n, str(a.dtype)) for n, a in arrays.items())),
+        build,
+    )
     return lambda keys: program(keys, arrays)
 
 
@@ -285,8 +310,10 @@ def _vmap(fn, axes):
     def run(*args):
         if jax.tree.leaves(args[0])[0].shape[0] != 1:
             return vm(*args)
-        one = [jax.tree.map(lambda a: a[0], a) if ax == 0 else a
-               for a, ax in zip(args, axes, strict=True)]
+        one = [
+            jax.tree.map(lambda a: a[0], a) if ax == 0 else a
+            for a, ax in zip(args, axes, strict=True)
+        ]
         return jax.tree.map(lambda a: a[None], fn(*one))
 
     return run
@@ -315,8 +342,10 @@ def _chunked(fn, chunk, axes):
                 full[i] = part
             return fn(*full)
 
-        groups = tuple(jax.tree.map(lambda a: a.reshape(k // chunk, chunk, *a.shape[1:]),
-                                    args[i]) for i in batched)
+        groups = tuple(
+            jax.tree.map(lambda a: a.reshape(k // chunk, chunk, *a.shape[1:]), args[i])
+            for i in batched
+        )
         out = jax.lax.map(body, groups)
         return jax.tree.map(lambda a: a.reshape(k, *a.shape[2:]), out)
 
@@ -345,8 +374,13 @@ def _epoch_program(model, loss, rep, mode, settings):
 
         # check_vma=False: make_epoch's scan starts its sums from constants, which the
         # varying-axes check would want cast per device; nothing here crosses devices.
-        program = jax.shard_map(program, mesh=mesh, in_specs=tuple(spec(a) for a in axes),
-                                out_specs=spec(0), check_vma=False)
+        program = jax.shard_map(
+            program,
+            mesh=mesh,
+            in_specs=tuple(spec(a) for a in axes),
+            out_specs=spec(0),
+            check_vma=False,
+        )
     return jax.jit(program, donate_argnums=(0,) if mode == "skip" else ())
 
 
@@ -356,8 +390,11 @@ def _auto_chunk(k_local: int, per_run: int, platform: str):
     where one wide vmap keeps an accelerator busy."""
     if platform != "cpu" or k_local * per_run <= CHUNK_BYTES:
         return None
-    return max(c for c in range(1, k_local + 1)
-               if k_local % c == 0 and c * per_run <= max(CHUNK_BYTES, per_run))
+    return max(
+        c
+        for c in range(1, k_local + 1)
+        if k_local % c == 0 and c * per_run <= max(CHUNK_BYTES, per_run)
+    )
 
 
 def _eval_program(model, loss, batch, data_axis, mesh):
@@ -377,25 +414,33 @@ def _mesh(devices, k_runs: int):
         raise ValueError(
             f"devices: {k_runs} runs do not split evenly over {k} devices; use a multiple of "
             f"{k} runs (e.g. {max(k, k_runs // k * k)} or {(k_runs // k + 1) * k}) or fewer "
-            f"devices")
+            f"devices"
+        )
     if jax.process_count() > 1:
-        raise ValueError("devices: fit_many splits runs over the devices of one process; "
-                         "run one sweep per process instead")
+        raise ValueError(
+            "devices: fit_many splits runs over the devices of one process; "
+            "run one sweep per process instead"
+        )
     return Mesh(np.asarray(devs, dtype=object), (RUNS_AXIS,))
 
 
 def _data(model, loss, data, name):
     """``((x, y), axis)``: a shared pair has axis None; a list of K pairs is stacked, axis 0."""
-    per_run = isinstance(data, list) and len(data) > 0 and all(
-        isinstance(d, tuple) and len(d) == 2 for d in data)
+    per_run = (
+        isinstance(data, list)
+        and len(data) > 0
+        and all(isinstance(d, tuple) and len(d) == 2 for d in data)
+    )
     if not per_run:
         return _train._check_data(model, loss, data, name), None
     pairs = [_train._check_data(model, loss, d, f"{name}[{i}]") for i, d in enumerate(data)]
     first = (pairs[0][0].shape, pairs[0][1].shape)
     for i, (x, y) in enumerate(pairs):
         if (x.shape, y.shape) != first:
-            raise ValueError(f"{name}[{i}]: every run's data must have the same shapes, got x "
-                             f"{x.shape}, y {y.shape} against {first[0]}, {first[1]} for run 0")
+            raise ValueError(
+                f"{name}[{i}]: every run's data must have the same shapes, got x "
+                f"{x.shape}, y {y.shape} against {first[0]}, {first[1]} for run 0"
+            )
     xp = jnp if any(isinstance(a, jax.Array) for p in pairs for a in p) else np
     return (xp.stack([p[0] for p in pairs]), xp.stack([p[1] for p in pairs])), 0
 
@@ -411,17 +456,28 @@ def _nbytes(tree) -> int:
     return total
 
 
-def _footprint(model, optimizer, b, n, *, shuffle, per_run_data, eval_n, eval_batch,
-               y_row: int):
+def _footprint(model, optimizer, b, n, *, shuffle, per_run_data, eval_n, eval_batch, y_row: int):
     """Cached :func:`_bytes` (it traces shapes: a few ms per call otherwise)."""
     settings = (b, n, shuffle, per_run_data, eval_n, eval_batch, y_row)
-    return _train._cached("many-bytes", (model, optimizer), settings, lambda: _bytes(
-        model, optimizer, b, n, shuffle=shuffle, per_run_data=per_run_data, eval_n=eval_n,
-        eval_batch=eval_batch, y_row=y_row))
+    return _train._cached(
+        "many-bytes",
+        (model, optimizer),
+        settings,
+        lambda: _bytes(
+            model,
+            optimizer,
+            b,
+            n,
+            shuffle=shuffle,
+            per_run_data=per_run_data,
+            eval_n=eval_n,
+            eval_batch=eval_batch,
+            y_row=y_row,
+        ),
+    )
 
 
-def _bytes(model, optimizer, b, n, *, shuffle, per_run_data, eval_n, eval_batch,
-           y_row: int):
+def _bytes(model, optimizer, b, n, *, shuffle, per_run_data, eval_n, eval_batch, y_row: int):
     """``(shared, per_run)`` bytes of a sweep, an upper estimate of XLA's buffers.
 
     Per run: the state three times (the start of the epoch, kept for a replay after a fault;
@@ -471,10 +527,21 @@ def available_memory(device=None) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def max_runs(model, optimizer, batch_size: int, *, n: int, hparams=None,
-             shuffle: str = "per_run", per_run_data: bool = False, eval_n: int = 0,
-             eval_batch_size: int | None = None, y_row: int = 4, memory: int | None = None,
-             device=None) -> int:
+def max_runs(
+    model,
+    optimizer,
+    batch_size: int,
+    *,
+    n: int,
+    hparams=None,
+    shuffle: str = "per_run",
+    per_run_data: bool = False,
+    eval_n: int = 0,
+    eval_batch_size: int | None = None,
+    y_row: int = 4,
+    memory: int | None = None,
+    device=None,
+) -> int:
     """How many runs of a sweep fit in memory at once (0 if not even one does).
 
     Args:
@@ -492,8 +559,17 @@ def max_runs(model, optimizer, batch_size: int, *, n: int, hparams=None,
     rep, _ = _optimizers(optimizer, hp, 1)
     b = int(batch_size)
     eb = min(eval_batch_size or max(b, 256), eval_n) if eval_n else 0
-    shared, per_run = _footprint(model, rep, b, n, shuffle=shuffle, per_run_data=per_run_data,
-                                 eval_n=eval_n, eval_batch=eb, y_row=y_row)
+    shared, per_run = _footprint(
+        model,
+        rep,
+        b,
+        n,
+        shuffle=shuffle,
+        per_run_data=per_run_data,
+        eval_n=eval_n,
+        eval_batch=eb,
+        y_row=y_row,
+    )
     budget = memory if memory is not None else int(MEMORY_FRACTION * available_memory(device))
     return max(0, (budget - shared) // per_run)
 
@@ -504,24 +580,44 @@ def _check_memory(k, shared, per_run, memory):
     if need <= budget:
         return
     fit = max(0, (budget - shared) // per_run)
-    mib = 2.0 ** 20
-    advice = (f"run at most {fit} at once (fnn.many.max_runs), e.g. split the sweep into "
-              f"chunks of {fit}" if fit else "not even one run fits: use a smaller batch size "
-              "or model")
+    mib = 2.0**20
+    advice = (
+        f"run at most {fit} at once (fnn.many.max_runs), e.g. split the sweep into chunks of {fit}"
+        if fit
+        else "not even one run fits: use a smaller batch size or model"
+    )
     raise ValueError(
         f"runs: a sweep of K={k} runs needs about {need / mib:.1f} MiB ({per_run / mib:.2f} "
         f"MiB per run + {shared / mib:.2f} MiB shared) but the budget is {budget / mib:.1f} "
-        f"MiB; {advice}")
+        f"MiB; {advice}"
+    )
 
 
 # ------------------------------------------------------------------------------ training
 
 
-def fit_many(model, loss, optimizer, data, *, epochs: int, batch_size, keys=None, seeds=None,
-             hparams=None, eval_data=None, grad: str = "autodiff", shuffle: str = "per_run",
-             on_nonfinite: str = "raise", devices=None, chunk: int | None = None,
-             progress: bool = True, callback=None, eval_batch_size: int | None = None,
-             memory: int | None = None):
+def fit_many(
+    model,
+    loss,
+    optimizer,
+    data,
+    *,
+    epochs: int,
+    batch_size,
+    keys=None,
+    seeds=None,
+    hparams=None,
+    eval_data=None,
+    grad: str = "autodiff",
+    shuffle: str = "per_run",
+    on_nonfinite: str = "raise",
+    devices=None,
+    chunk: int | None = None,
+    progress: bool = True,
+    callback=None,
+    eval_batch_size: int | None = None,
+    memory: int | None = None,
+):
     """Train K runs at once: one vmapped, scan-fused program per epoch for all of them.
 
     Args:
@@ -578,8 +674,9 @@ def fit_many(model, loss, optimizer, data, *, epochs: int, batch_size, keys=None
     if shuffle not in SHUFFLES:
         raise ValueError(f"shuffle: expected one of {SHUFFLES}, got {shuffle!r}")
     if on_nonfinite not in _train.ON_NONFINITE:
-        raise ValueError(f"on_nonfinite: expected one of {_train.ON_NONFINITE}, got "
-                         f"{on_nonfinite!r}")
+        raise ValueError(
+            f"on_nonfinite: expected one of {_train.ON_NONFINITE}, got {on_nonfinite!r}"
+        )
     keys, hp = _as_keys(keys, seeds), _as_hparams(hparams)
     (x, y), data_axis = _data(model, loss, data, "data")
     lists = {"keys": keys, **{f"hparams[{n!r}]": v for n, v in hp.items()}}
@@ -598,17 +695,25 @@ def fit_many(model, loss, optimizer, data, *, epochs: int, batch_size, keys=None
         eval_n = ex.shape[0 if eval_axis is None else 1]
         eb = min(eval_batch_size or max(b, 256), eval_n)
     rep, optimizers = _optimizers(optimizer, hp, k_runs)
-    y_row = int(np.prod(y.shape[1 if data_axis is None else 2:], dtype=np.int64)) * \
-        y.dtype.itemsize
-    shared, per_run = _footprint(model, rep, b, n, shuffle=shuffle,
-                                 per_run_data=data_axis == 0 or eval_axis == 0,
-                                 eval_n=eval_n, eval_batch=eb, y_row=y_row)
+    y_row = (
+        int(np.prod(y.shape[1 if data_axis is None else 2 :], dtype=np.int64)) * y.dtype.itemsize
+    )
+    shared, per_run = _footprint(
+        model,
+        rep,
+        b,
+        n,
+        shuffle=shuffle,
+        per_run_data=data_axis == 0 or eval_axis == 0,
+        eval_n=eval_n,
+        eval_batch=eb,
+        y_row=y_row,
+    )
     mesh = _mesh(devices, k_runs)
     _check_memory(k_runs // (1 if mesh is None else mesh.size), shared, per_run, memory)
 
     def place(a, axis):
-        return jax.device_put(a) if mesh is None else jax.device_put(
-            a, _runs_sharding(mesh, axis))
+        return jax.device_put(a) if mesh is None else jax.device_put(a, _runs_sharding(mesh, axis))
 
     mode = "fast" if on_nonfinite == "raise" else "skip"
     idx_axis = 0 if shuffle == "per_run" else None
@@ -617,19 +722,31 @@ def fit_many(model, loss, optimizer, data, *, epochs: int, batch_size, keys=None
         platform = (jax.devices()[0] if mesh is None else mesh.devices.flat[0]).platform
         chunk = _auto_chunk(k_local, per_run, platform)
     elif not isinstance(chunk, (int, np.integer)) or isinstance(chunk, bool) or chunk < 0:
-        raise ValueError(f"chunk: expected None (automatic), 0 (one vmap) or a positive int, "
-                         f"got {chunk!r}")
+        raise ValueError(
+            f"chunk: expected None (automatic), 0 (one vmap) or a positive int, got {chunk!r}"
+        )
     settings = (grad, data_axis, idx_axis, mesh, int(chunk or 0) or None)
-    epoch_fn = _train._cached("many-epoch", (model, loss, rep), (mode, *settings),
-                              lambda: _epoch_program(model, loss, rep, mode, settings))
+    epoch_fn = _train._cached(
+        "many-epoch",
+        (model, loss, rep),
+        (mode, *settings),
+        lambda: _epoch_program(model, loss, rep, mode, settings),
+    )
     if eval_data is not None:
-        eval_fn = _train._cached("many-eval", (model, loss), (eb, eval_axis, mesh),
-                                 lambda: _eval_program(model, loss, eb, eval_axis, mesh))
+        eval_fn = _train._cached(
+            "many-eval",
+            (model, loss),
+            (eb, eval_axis, mesh),
+            lambda: _eval_program(model, loss, eb, eval_axis, mesh),
+        )
         ex, ey = place(ex, eval_axis), place(ey, eval_axis)
     states = place(_init_states(model, optimizer, rep, hp, optimizers, keys), 0)
     x, y = place(x, data_axis), place(y, data_axis)
-    raw = np.asarray(jax.random.key_data(states.key) if jnp.issubdtype(
-        states.key.dtype, jax.dtypes.prng_key) else states.key).astype(np.uint32)
+    raw = np.asarray(
+        jax.random.key_data(states.key)
+        if jnp.issubdtype(states.key.dtype, jax.dtypes.prng_key)
+        else states.key
+    ).astype(np.uint32)
     words = [[int(w) for w in raw[k].ravel()] for k in range(k_runs)]
     steps = n // b
 
@@ -657,8 +774,9 @@ def fit_many(model, loss, optimizer, data, *, epochs: int, batch_size, keys=None
             if mode == "fast":
                 bad = (np.asarray(summary["first_bad"]) >= 0) | ~np.asarray(summary["finite"])
                 if bad.any():
-                    _raise_nonfinite(model, loss, rep, settings, start, x, y, idx_e, e, steps,
-                                     bad, hp, histories)
+                    _raise_nonfinite(
+                        model, loss, rep, settings, start, x, y, idx_e, e, steps, bad, hp, histories
+                    )
             seconds = time.perf_counter() - t0
             for k, hist in enumerate(histories):
                 row = {"train_loss": summary["loss"][k]}
@@ -687,35 +805,54 @@ def _fmt(histories) -> str:
         return float(np.mean(vals)) if vals else float("nan")
 
     names = {"train_loss": "loss", "train_accuracy": "acc", "eval_accuracy": "eval acc"}
-    parts = [f"{len(histories)} runs"] + [f"mean {short} {mean(k):.4g}" for k, short in
-                                          names.items() if k in histories[0]]
+    parts = [f"{len(histories)} runs"] + [
+        f"mean {short} {mean(k):.4g}" for k, short in names.items() if k in histories[0]
+    ]
     return "  ".join(parts)
 
 
-def _raise_nonfinite(model, loss, rep, settings, start, x, y, idx, epoch, steps, bad, hp,
-                     histories):
+def _raise_nonfinite(
+    model, loss, rep, settings, start, x, y, idx, epoch, steps, bad, hp, histories
+):
     """Replay the faulty epoch with a per-step guard and raise naming the faulty runs."""
-    replay = _train._cached("many-epoch", (model, loss, rep), ("replay", *settings),
-                            lambda: _epoch_program(model, loss, rep, "replay", settings))
+    replay = _train._cached(
+        "many-epoch",
+        (model, loss, rep),
+        ("replay", *settings),
+        lambda: _epoch_program(model, loss, rep, "replay", settings),
+    )
     kept, summary = replay(start, x, y, idx)
-    first, code = (np.asarray(v) for v in jax.device_get((summary["first_bad"],
-                                                           summary["what"])))
+    first, code = (np.asarray(v) for v in jax.device_get((summary["first_bad"], summary["what"])))
     runs = [int(k) for k in np.flatnonzero(bad)]
     k0 = min(runs, key=lambda k: first[k] if first[k] >= 0 else steps)
     i = max(int(first[k0]), 0)
     what = {1: "loss", 2: "gradients", 3: "parameters"}.get(int(code[k0]), "parameters")
-    names = "; ".join(f"run {k}" + "".join(f", {n}={v[k]}" for n, v in hp.items())
-                      for k in runs)
+    names = "; ".join(f"run {k}" + "".join(f", {n}={v[k]}" for n, v in hp.items()) for k in runs)
     err = _train.NonFiniteError(
         f"non-finite {what} in {len(runs)} of {len(bad)} runs ({names}) at epoch {epoch}, "
         f"first at step {i} of {steps} (run {k0}); the sweep stopped. The exception's .state "
         f"holds every run's last finite state and .runs the faulty runs; drop them, lower "
         f"their learning rate, or use on_nonfinite='skip'",
-        state=kept, history=histories, epoch=epoch, step=i, global_step=epoch * steps + i,
-        what=what)
+        state=kept,
+        history=histories,
+        epoch=epoch,
+        step=i,
+        global_step=epoch * steps + i,
+        what=what,
+    )
     err.runs = runs
     raise err
 
 
-__all__ = ["fit_many", "max_runs", "available_memory", "stack", "take", "SHUFFLES",
-           "MEMORY_FRACTION", "RUNS_AXIS", "EAGER_INIT_RUNS", "CHUNK_BYTES"]
+__all__ = [
+    "fit_many",
+    "max_runs",
+    "available_memory",
+    "stack",
+    "take",
+    "SHUFFLES",
+    "MEMORY_FRACTION",
+    "RUNS_AXIS",
+    "EAGER_INIT_RUNS",
+    "CHUNK_BYTES",
+]

@@ -149,9 +149,7 @@ def _describe(tree) -> str:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     if not leaves:
         return "no arrays"
-    return ", ".join(
-        f"{jax.tree_util.keystr(p)}: {tuple(jnp.shape(v))}" for p, v in leaves
-    )
+    return ", ".join(f"{jax.tree_util.keystr(p)}: {tuple(jnp.shape(v))}" for p, v in leaves)
 
 
 def check_params(model: Model, params) -> None:
@@ -163,8 +161,11 @@ def check_params(model: Model, params) -> None:
     layers = model.layer.children or (model.layer,)
     if model.layer.children:
         if not isinstance(params, (list, tuple)) or len(params) != len(layers):
-            got = f"{type(params).__name__} of length {len(params)}" if isinstance(
-                params, (list, tuple)) else type(params).__name__
+            got = (
+                f"{type(params).__name__} of length {len(params)}"
+                if isinstance(params, (list, tuple))
+                else type(params).__name__
+            )
             raise ValueError(
                 f"params: expected a list with one entry per layer ({len(layers)}: "
                 f"{', '.join(lyr.name for lyr in layers)}), got {got}"
@@ -245,9 +246,7 @@ def build(layer: Layer, in_shape: Sequence[int], dtype=jnp.float32) -> Model:
         check_params(model, params)
         return layer.apply(params, x, key=key, train=train)
 
-    model = Model(
-        layer, in_shape, out_shape, dtype, init, apply, layer.backward, layer.name, spec
-    )
+    model = Model(layer, in_shape, out_shape, dtype, init, apply, layer.backward, layer.name, spec)
     return model
 
 
@@ -292,8 +291,11 @@ def mlp(
     for i, n in enumerate(sizes[1:]):
         last = i == len(sizes) - 2
         # The output layer produces logits; Glorot suits it whatever the hidden activation.
-        stack.append(_layers.dense(n, w_init=w_init or (
-            _layers.default_w_init("identity") if last else init_fn)))
+        stack.append(
+            _layers.dense(
+                n, w_init=w_init or (_layers.default_w_init("identity") if last else init_fn)
+            )
+        )
         if not last:
             stack.append(_layers.activation(act))
             if dropout:

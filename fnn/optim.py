@@ -111,7 +111,8 @@ def schedule(
         warmup = max(1, steps // 10) if warmup is None else _positive_int("warmup", warmup)
         if warmup >= steps:
             raise ValueError(
-                f"warmup: expected fewer warm-up steps than steps={steps}, got {warmup}")
+                f"warmup: expected fewer warm-up steps than steps={steps}, got {warmup}"
+            )
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, steps)
     if name == "exponential":
         return optax.exponential_decay(lr, steps, float(decay_rate))
@@ -177,8 +178,14 @@ def get(
     if clip_norm is not None and not float(clip_norm) > 0:
         raise ValueError(f"clip_norm: expected a value > 0 (or None), got {clip_norm!r}")
     args = (
-        name, float(lr), schedule, steps, warmup, float(decay_rate),
-        None if boundaries is None else tuple(boundaries), float(momentum),
+        name,
+        float(lr),
+        schedule,
+        steps,
+        warmup,
+        float(decay_rate),
+        None if boundaries is None else tuple(boundaries),
+        float(momentum),
         None if weight_decay is None else float(weight_decay),
         None if clip_norm is None else float(clip_norm),
     )
@@ -191,16 +198,28 @@ def get(
 
 
 @functools.lru_cache(maxsize=64)
-def _build(name, lr, schedule_name, steps, warmup, decay_rate, boundaries, momentum,
-           weight_decay, clip_norm, options):
+def _build(
+    name,
+    lr,
+    schedule_name,
+    steps,
+    warmup,
+    decay_rate,
+    boundaries,
+    momentum,
+    weight_decay,
+    clip_norm,
+    options,
+):
     factory, fixed = _OPTIMIZERS[name]
     settings = {**fixed, **dict(options)}
     if name in ("momentum", "nesterov"):
         settings["momentum"] = momentum
     if name == "adamw":
         settings["weight_decay"] = 1e-4 if weight_decay is None else weight_decay
-    sched = schedule(schedule_name, lr, steps=steps, warmup=warmup, decay_rate=decay_rate,
-                     boundaries=boundaries)
+    sched = schedule(
+        schedule_name, lr, steps=steps, warmup=warmup, decay_rate=decay_rate, boundaries=boundaries
+    )
 
     def chain(learning_rate):
         parts = []
@@ -215,7 +234,8 @@ def _build(name, lr, schedule_name, steps, warmup, decay_rate, boundaries, momen
         chain(lr)  # surface a bad factory option now rather than at the first update
     except TypeError as err:
         raise TypeError(
-            f"optimizer {name!r}: bad option in {sorted(dict(options))}: {err}") from err
+            f"optimizer {name!r}: bad option in {sorted(dict(options))}: {err}"
+        ) from err
     return optax.inject_hyperparams(chain)(learning_rate=sched)
 
 

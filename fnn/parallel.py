@@ -54,7 +54,8 @@ def resolve_devices(devices=None) -> list:
     if isinstance(devices, str):
         if devices != "all":
             raise ValueError(
-                f"devices: expected an int, 'all' or a list of devices, got {devices!r}")
+                f"devices: expected an int, 'all' or a list of devices, got {devices!r}"
+            )
         return list(available)
     if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
         if not 1 <= int(devices) <= len(available):
@@ -64,8 +65,10 @@ def resolve_devices(devices=None) -> list:
                 f"XLA_FLAGS=--xla_force_host_platform_device_count=N before importing jax"
             )
         return available[: int(devices)]
-    if isinstance(devices, Sequence) and devices and all(
-        isinstance(d, jax.Device) for d in devices
+    if (
+        isinstance(devices, Sequence)
+        and devices
+        and all(isinstance(d, jax.Device) for d in devices)
     ):
         return list(devices)
     raise TypeError(
@@ -90,7 +93,8 @@ def make_mesh(devices=None) -> Mesh:
                 f"devices: the mesh's {len(devs)} devices leave out process(es) {absent} of "
                 f"this {jax.process_count()}-process job; use devices='all' (or a count of at "
                 f"least {len(jax.devices()) - len(jax.local_devices()) + 1}) so that every "
-                f"process trains")
+                f"process trains"
+            )
     return Mesh(np.asarray(devs, dtype=object), (BATCH_AXIS,))
 
 
@@ -130,8 +134,14 @@ def constrain(x, sharding: NamedSharding | None):
 # Several processes (jax.distributed).
 
 
-def initialize(coordinator: str | None = None, num_processes: int = 1, process_id: int = 0, *,
-               heartbeat_timeout: int | None = None, init_timeout: int | None = None) -> None:
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int = 1,
+    process_id: int = 0,
+    *,
+    heartbeat_timeout: int | None = None,
+    init_timeout: int | None = None,
+) -> None:
     """Join a multi-process JAX job (``jax.distributed.initialize``); a no-op for one process.
 
     Call it before anything touches a device. Every process runs the same program with its own
@@ -158,13 +168,21 @@ def initialize(coordinator: str | None = None, num_processes: int = 1, process_i
     """
     import os
 
-    if isinstance(num_processes, bool) or not isinstance(num_processes, (int, np.integer)) \
-            or num_processes < 1:
+    if (
+        isinstance(num_processes, bool)
+        or not isinstance(num_processes, (int, np.integer))
+        or num_processes < 1
+    ):
         raise ValueError(f"num_processes: expected an int >= 1, got {num_processes!r}")
-    if isinstance(process_id, bool) or not isinstance(process_id, (int, np.integer)) \
-            or not 0 <= process_id < num_processes:
-        raise ValueError(f"process_id: expected an int in 0..{num_processes - 1} (one per "
-                         f"process of the job), got {process_id!r}")
+    if (
+        isinstance(process_id, bool)
+        or not isinstance(process_id, (int, np.integer))
+        or not 0 <= process_id < num_processes
+    ):
+        raise ValueError(
+            f"process_id: expected an int in 0..{num_processes - 1} (one per "
+            f"process of the job), got {process_id!r}"
+        )
     if num_processes == 1:
         return
     host, port = _split_address(coordinator)
@@ -173,7 +191,8 @@ def initialize(coordinator: str | None = None, num_processes: int = 1, process_i
             raise ValueError(
                 f"initialize: this process already joined a job as process "
                 f"{jax.process_index()} of {jax.process_count()}, not {process_id} of "
-                f"{num_processes}")
+                f"{num_processes}"
+            )
         return
     if "jax_cpu_collectives_implementation" in jax.config.values:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -186,8 +205,12 @@ def initialize(coordinator: str | None = None, num_processes: int = 1, process_i
         settings["initialization_timeout"] = int(init)
     if _is_loopback(host):
         settings["coordinator_bind_address"] = coordinator
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id, **settings)
+    jax.distributed.initialize(
+        coordinator_address=coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+        **settings,
+    )
 
 
 def _split_address(coordinator) -> tuple[str, int]:
@@ -196,8 +219,9 @@ def _split_address(coordinator) -> tuple[str, int]:
         raise ValueError(f"coordinator: expected 'HOST:PORT', got {coordinator!r}; {fix}")
     host, _, port = coordinator.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"coordinator: expected 'HOST:PORT' with a port in 1..65535, got "
-                         f"{coordinator!r}; {fix}")
+        raise ValueError(
+            f"coordinator: expected 'HOST:PORT' with a port in 1..65535, got {coordinator!r}; {fix}"
+        )
     return host, int(port)
 
 
@@ -272,7 +296,8 @@ def put_sharded(array, sharding: NamedSharding):
         return jax.device_put(array, sharding)
     array = np.asarray(array)
     return jax.make_array_from_process_local_data(
-        sharding, array[local_block(sharding, array.shape)], array.shape)
+        sharding, array[local_block(sharding, array.shape)], array.shape
+    )
 
 
 def local_block(sharding: NamedSharding, shape: tuple) -> tuple[slice, ...]:
@@ -302,8 +327,10 @@ def host_local(tree):
         if not isinstance(a, jax.Array) or a.is_fully_addressable:
             return a
         if not a.sharding.is_fully_replicated:
-            raise ValueError(f"host_local: expected a replicated array, got one sharded as "
-                             f"{a.sharding}; only replicated state can be read on one process")
+            raise ValueError(
+                f"host_local: expected a replicated array, got one sharded as "
+                f"{a.sharding}; only replicated state can be read on one process"
+            )
         return a.addressable_data(0)
 
     return jax.tree.map(local, tree)

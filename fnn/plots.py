@@ -120,8 +120,16 @@ def curves(
     return _done(fig, ax, path)
 
 
-def bars(values: Mapping[str, Sequence[float]], path, *, xlabels: Sequence[str],
-         ylabel: str, title: str = "", logy: bool = True, ax=None):
+def bars(
+    values: Mapping[str, Sequence[float]],
+    path,
+    *,
+    xlabels: Sequence[str],
+    ylabel: str,
+    title: str = "",
+    logy: bool = True,
+    ax=None,
+):
     """Grouped bars: one group per x label, one bar per series (e.g. grad norm per layer)."""
     fig, ax = _axes(ax, (7, 3.8))
     n = len(values)
@@ -144,8 +152,9 @@ def lr_sweep(result, path, *, title: str = "learning-rate range test", ax=None):
     fig, ax = _axes(ax, (6, 3.8))
     ax.plot(result.lrs, result.losses, alpha=0.3, label="loss")
     ax.plot(result.lrs, result.smoothed, label="smoothed")
-    ax.axvline(result.suggested_lr, color="k", linestyle="--",
-               label=f"suggested {result.suggested_lr:.2g}")
+    ax.axvline(
+        result.suggested_lr, color="k", linestyle="--", label=f"suggested {result.suggested_lr:.2g}"
+    )
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
@@ -162,8 +171,7 @@ def lr_sweep(result, path, *, title: str = "learning-rate range test", ax=None):
     return _done(fig, ax, path)
 
 
-def decision_boundary(predict, x, y, path, *, title: str = "", resolution: int = 200,
-                      ax=None):
+def decision_boundary(predict, x, y, path, *, title: str = "", resolution: int = 200, ax=None):
     """Class regions of a 2-D classifier with the data on top.
 
     Args:
@@ -176,8 +184,9 @@ def decision_boundary(predict, x, y, path, *, title: str = "", resolution: int =
     x = np.asarray(x)
     y = np.asarray(y)
     lo, hi = x.min(axis=0) - 0.5, x.max(axis=0) + 0.5
-    gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], resolution),
-                         np.linspace(lo[1], hi[1], resolution))
+    gx, gy = np.meshgrid(
+        np.linspace(lo[0], hi[0], resolution), np.linspace(lo[1], hi[1], resolution)
+    )
     grid = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(x.dtype)
     out = np.asarray(predict(grid))
     fig, ax = _axes(ax, (4.2, 4))
@@ -193,10 +202,18 @@ def decision_boundary(predict, x, y, path, *, title: str = "", resolution: int =
     else:
         zz = out.reshape(gx.shape)
         classes = max(int(zz.max()), int(y.max())) + 1  # fixed colours if a class is missing
-        ax.contourf(gx, gy, zz, alpha=0.3, levels=np.arange(classes + 1) - 0.5,
-                    cmap="coolwarm")
-    ax.scatter(x[:, 0], x[:, 1], c=y, s=12 if len(x) > 50 else 90, cmap="coolwarm",
-               vmin=0, vmax=classes - 1, edgecolors="k", linewidths=0.3 if len(x) > 50 else 1)
+        ax.contourf(gx, gy, zz, alpha=0.3, levels=np.arange(classes + 1) - 0.5, cmap="coolwarm")
+    ax.scatter(
+        x[:, 0],
+        x[:, 1],
+        c=y,
+        s=12 if len(x) > 50 else 90,
+        cmap="coolwarm",
+        vmin=0,
+        vmax=classes - 1,
+        edgecolors="k",
+        linewidths=0.3 if len(x) > 50 else 1,
+    )
     if title:
         ax.set_title(title)
     return _done(fig, ax, path)

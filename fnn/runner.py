@@ -23,9 +23,16 @@ from fnn.cli_train import (
     params_digest,
 )
 
-HISTORY_KEYS = {"train_loss": "train_loss", "train_accuracy": "train_accuracy",
-                "eval_loss": "test_loss", "eval_accuracy": "test_accuracy", "lr": "lr",
-                "seconds": "seconds", "grad_norm": "grad_norm", "skipped": "skipped"}
+HISTORY_KEYS = {
+    "train_loss": "train_loss",
+    "train_accuracy": "train_accuracy",
+    "eval_loss": "test_loss",
+    "eval_accuracy": "test_accuracy",
+    "lr": "lr",
+    "seconds": "seconds",
+    "grad_norm": "grad_norm",
+    "skipped": "skipped",
+}
 
 
 def _console(quiet: bool):
@@ -48,8 +55,9 @@ def build(cfg: dict, ds):
     n = len(ds.x_train)
     b = n if cfg["batch_size"] == "full" else cfg["batch_size"]
     if b > n:
-        raise UsageError(f"--batch-size: expected at most {n} (the training examples of "
-                         f"{cfg['data']}), got {b}")
+        raise UsageError(
+            f"--batch-size: expected at most {n} (the training examples of {cfg['data']}), got {b}"
+        )
     steps = cfg["epochs"] * (n // b)
     try:
         opt = optim.get(cfg["optimizer"], cfg["lr"][0], schedule=cfg["schedule"], steps=steps)
@@ -61,7 +69,7 @@ def build(cfg: dict, ds):
 def _flagify(msg: str) -> str:
     for word, flag in (("schedule:", "--schedule:"), ("optimizer:", "--optimizer:")):
         if msg.startswith(word):
-            return flag + msg[len(word):]
+            return flag + msg[len(word) :]
     return msg
 
 
@@ -117,15 +125,20 @@ def main(args, start: float) -> int:
                     f"--epochs: the checkpointed run uses the {meta['config']['schedule']!r} "
                     f"schedule over {meta['config']['epochs']} epochs; it can only resume to "
                     f"that length (start a new run to train longer, or use --schedule "
-                    f"constant to extend runs)")
-            cfg = {**meta["config"], "epochs": epochs,
-                   "checkpoint_every": cfg["checkpoint_every"]
-                   or meta["config"]["checkpoint_every"]}
+                    f"constant to extend runs)"
+                )
+            cfg = {
+                **meta["config"],
+                "epochs": epochs,
+                "checkpoint_every": cfg["checkpoint_every"] or meta["config"]["checkpoint_every"],
+            }
             saved_history = meta.get("history", {})
     if len(cfg["lr"]) > 1 or cfg["seeds"]:
         if procs > 1:
-            raise UsageError("--num-processes: a multi-process job trains one run; run sweeps "
-                             "(several --lr values or --seeds) in one process")
+            raise UsageError(
+                "--num-processes: a multi-process job trains one run; run sweeps "
+                "(several --lr values or --seeds) in one process"
+            )
         from fnn import sweep
 
         return sweep.main(cfg, args, out, console, start)
@@ -151,8 +164,10 @@ def main(args, start: float) -> int:
     every = cfg["checkpoint_every"]
 
     def metadata(epoch, history):
-        merged = {k: saved_history.get(k, []) + history.get(k, []) for k in
-                  set(saved_history) | set(history)}
+        merged = {
+            k: saved_history.get(k, []) + history.get(k, [])
+            for k in set(saved_history) | set(history)
+        }
         return {"config": cfg, "history": merged, "epoch": epoch}
 
     def callback(e, state, history):
@@ -162,8 +177,13 @@ def main(args, start: float) -> int:
         due = e + 1 == cfg["epochs"] or (every and (e + 1) % every == 0)
         if due and main_process:
             state_here = parallel.host_local(state)  # saving runs no multi-process program
-            checkpoint.save(out, state_here, step=int(state_here.step),
-                            metadata=metadata(e + 1, history), keep=args.keep)
+            checkpoint.save(
+                out,
+                state_here,
+                step=int(state_here.step),
+                metadata=metadata(e + 1, history),
+                keep=args.keep,
+            )
         if every:
             last["state"] = jax.tree.map(lambda a: a.copy(), state)  # survives donation
             last["epoch"], last["history"] = e + 1, {k: list(v) for k, v in history.items()}
@@ -172,30 +192,54 @@ def main(args, start: float) -> int:
     eval_data = (ds.x_test, yte) if len(ds.x_test) else None
     try:
         state, history = train.fit(
-            model, loss, opt, (ds.x_train, ytr), epochs=cfg["epochs"], batch_size=b, key=key,
-            eval_data=eval_data, grad=cfg["grad"], devices=devices, progress=not args.quiet,
-            init=resume_state, on_nonfinite=cfg["on_nonfinite"], callback=callback)
+            model,
+            loss,
+            opt,
+            (ds.x_train, ytr),
+            epochs=cfg["epochs"],
+            batch_size=b,
+            key=key,
+            eval_data=eval_data,
+            grad=cfg["grad"],
+            devices=devices,
+            progress=not args.quiet,
+            init=resume_state,
+            on_nonfinite=cfg["on_nonfinite"],
+            callback=callback,
+        )
     except KeyboardInterrupt:
         if last["state"] is not None and main_process:
-            p = checkpoint.save(out, parallel.host_local(last["state"]),
-                                step=int(last["state"].step),
-                                metadata=metadata(last["epoch"], last["history"]),
-                                keep=args.keep)
+            p = checkpoint.save(
+                out,
+                parallel.host_local(last["state"]),
+                step=int(last["state"].step),
+                metadata=metadata(last["epoch"], last["history"]),
+                keep=args.keep,
+            )
             console.print(f"interrupted: saved {p}; continue with --resume --out {out}")
         raise
     except train.NonFiniteError as err:
         if not main_process:
             print(f"fnn train: error: {str(err).split(';')[0]}", file=__import__("sys").stderr)
             return 1
-        p = checkpoint.save(os.path.join(out, "last-finite"), parallel.host_local(err.state),
-                            step=int(err.state.step), metadata=metadata(err.epoch, err.history))
+        p = checkpoint.save(
+            os.path.join(out, "last-finite"),
+            parallel.host_local(err.state),
+            step=int(err.state.step),
+            metadata=metadata(err.epoch, err.history),
+        )
         console.print(f"[red]fnn train: {err}[/red]\nlast finite state saved to {p}")
-        print(f"fnn train: error: {str(err).split(';')[0]}; last finite state saved to {p}",
-              file=__import__("sys").stderr)
+        print(
+            f"fnn train: error: {str(err).split(';')[0]}; last finite state saved to {p}",
+            file=__import__("sys").stderr,
+        )
         return 1
 
-    full = {HISTORY_KEYS[k]: [*saved_history.get(k, []), *history.get(k, [])]
-            for k in {*saved_history, *history} if k in HISTORY_KEYS}
+    full = {
+        HISTORY_KEYS[k]: [*saved_history.get(k, []), *history.get(k, [])]
+        for k in {*saved_history, *history}
+        if k in HISTORY_KEYS
+    }
     params = parallel.host_local(state.params)  # replicated: this process's copy, whole
     test = train.evaluate(model, loss, params, (ds.x_test, yte)) if eval_data else {}
     elapsed = time.perf_counter() - start
@@ -230,15 +274,21 @@ def _join(args, procs: int) -> bool:
     from fnn import parallel
 
     try:
-        parallel.initialize(coordinator, procs, getattr(args, "process_id", 0),
-                            heartbeat_timeout=getattr(args, "heartbeat_timeout", None))
+        parallel.initialize(
+            coordinator,
+            procs,
+            getattr(args, "process_id", 0),
+            heartbeat_timeout=getattr(args, "heartbeat_timeout", None),
+        )
     except ValueError as err:
         msg = str(err)
-        for word, flag in (("coordinator:", "--coordinator:"),
-                           ("num_processes:", "--num-processes:"),
-                           ("process_id:", "--process-id:")):
+        for word, flag in (
+            ("coordinator:", "--coordinator:"),
+            ("num_processes:", "--num-processes:"),
+            ("process_id:", "--process-id:"),
+        ):
             if msg.startswith(word):
-                msg = flag + msg[len(word):]
+                msg = flag + msg[len(word) :]
         raise UsageError(msg) from None
     return parallel.is_main()
 
@@ -261,8 +311,11 @@ def _write_outputs(out: str, result: dict, params, json_path: str | None) -> Non
         _save_params(os.path.join(out, "params.npz"), params)
     hist = result["history"]
     if hist.get("train_loss"):
-        plots.training_curves(hist, os.path.join(out, "curves.png"),
-                              title=f"fnn train --data {result['config']['data']}")
+        plots.training_curves(
+            hist,
+            os.path.join(out, "curves.png"),
+            title=f"fnn train --data {result['config']['data']}",
+        )
 
 
 def _summary(console, result: dict, out: str) -> None:

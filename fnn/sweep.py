@@ -36,9 +36,11 @@ from fnn.cli_train import params_digest as _digest
 def _refuse(cfg: dict, args) -> None:
     if args.resume or cfg["checkpoint_every"]:
         flag = "--resume" if args.resume else "--checkpoint-every"
-        raise UsageError(f"{flag}: checkpoints are not supported for sweeps (--seeds or several "
-                         f"--lr values); train one run alone (--seed S --lr L) to checkpoint "
-                         f"it")
+        raise UsageError(
+            f"{flag}: checkpoints are not supported for sweeps (--seeds or several "
+            f"--lr values); train one run alone (--seed S --lr L) to checkpoint "
+            f"it"
+        )
     if getattr(args, "num_processes", 1) != 1:
         raise UsageError("--num-processes: a sweep runs in one process")
 
@@ -56,9 +58,18 @@ def _lr_factory(cfg: dict, steps: int):
 
     def factory(learning_rate):
         return optim._build.__wrapped__(
-            cfg["optimizer"], learning_rate, cfg["schedule"], steps, defaults["warmup"],
-            float(defaults["decay_rate"]), defaults["boundaries"], float(defaults["momentum"]),
-            defaults["weight_decay"], defaults["clip_norm"], ())
+            cfg["optimizer"],
+            learning_rate,
+            cfg["schedule"],
+            steps,
+            defaults["warmup"],
+            float(defaults["decay_rate"]),
+            defaults["boundaries"],
+            float(defaults["momentum"]),
+            defaults["weight_decay"],
+            defaults["clip_norm"],
+            (),
+        )
 
     return factory
 
@@ -89,8 +100,15 @@ def main(cfg: dict, args, out: str, console, start: float) -> int:
             raise UsageError(f"--data: {err}") from None
     ds0 = sets[seeds[0]]
     model, loss, opt, b = build(cfg, ds0)
-    parts = {s: (d.x_train, targets(loss, d.y_train, d.classes), d.x_test,
-                 targets(loss, d.y_test, d.classes)) for s, d in sets.items()}
+    parts = {
+        s: (
+            d.x_train,
+            targets(loss, d.y_train, d.classes),
+            d.x_test,
+            targets(loss, d.y_test, d.classes),
+        )
+        for s, d in sets.items()
+    }
     # One shared copy when the seed does not change the data (MNIST files); else per run.
     shared = all(_same(parts[s], parts[seeds[0]]) for s in seeds)
     tr = [parts[s][:2] for s, _ in runs]
@@ -101,22 +119,40 @@ def main(cfg: dict, args, out: str, console, start: float) -> int:
     else:
         steps = cfg["epochs"] * (len(ds0.x_train) // b)
         optimizer, hparams = _lr_factory(cfg, steps), {"learning_rate": [lr for _, lr in runs]}
-    fits = many.max_runs(model, optimizer, b, n=len(ds0.x_train), hparams=hparams,
-                         per_run_data=not shared,
-                         eval_n=len(ds0.x_test) if has_test else 0)
+    fits = many.max_runs(
+        model,
+        optimizer,
+        b,
+        n=len(ds0.x_train),
+        hparams=hparams,
+        per_run_data=not shared,
+        eval_n=len(ds0.x_test) if has_test else 0,
+    )
+
     def count(k, word):
         return f"{k} {word}" + ("s" if k != 1 else "")
 
-    console.print(f"sweep: {count(len(runs), 'run')} ({count(len(seeds), 'seed')} x "
-                  f"{count(len(lrs), 'learning rate')}) in one program; up to {fits} fit in "
-                  f"memory at once")
+    console.print(
+        f"sweep: {count(len(runs), 'run')} ({count(len(seeds), 'seed')} x "
+        f"{count(len(lrs), 'learning rate')}) in one program; up to {fits} fit in "
+        f"memory at once"
+    )
     try:
         states, histories = many.fit_many(
-            model, loss, optimizer, tr[0] if shared else tr, epochs=cfg["epochs"],
-            batch_size=b, keys=[jax.random.key(s) for s, _ in runs], hparams=hparams,
-            eval_data=None if not has_test else (te[0] if shared else te), grad=cfg["grad"],
-            on_nonfinite=cfg["on_nonfinite"], progress=not args.quiet,
-            devices=None if cfg["devices"] == 1 else cfg["devices"])
+            model,
+            loss,
+            optimizer,
+            tr[0] if shared else tr,
+            epochs=cfg["epochs"],
+            batch_size=b,
+            keys=[jax.random.key(s) for s, _ in runs],
+            hparams=hparams,
+            eval_data=None if not has_test else (te[0] if shared else te),
+            grad=cfg["grad"],
+            on_nonfinite=cfg["on_nonfinite"],
+            progress=not args.quiet,
+            devices=None if cfg["devices"] == 1 else cfg["devices"],
+        )
     except ValueError as err:
         if str(err).startswith("devices:"):
             raise UsageError(f"--{err}") from None
@@ -130,20 +166,26 @@ def main(cfg: dict, args, out: str, console, start: float) -> int:
     for k, (s, lr) in enumerate(runs):
         params = many.take(states.params, k)
         test = train.evaluate(model, loss, params, te[k]) if has_test else {}
-        results.append({
-            "seed": s, "lr": lr,
-            "test_accuracy": test.get("accuracy"), "test_loss": test.get("loss"),
-            "history": {HISTORY_KEYS[m]: v for m, v in histories[k].items()
-                        if m in HISTORY_KEYS},
-            "params_digest": _digest(params),
-        })
+        results.append(
+            {
+                "seed": s,
+                "lr": lr,
+                "test_accuracy": test.get("accuracy"),
+                "test_loss": test.get("loss"),
+                "history": {
+                    HISTORY_KEYS[m]: v for m, v in histories[k].items() if m in HISTORY_KEYS
+                },
+                "params_digest": _digest(params),
+            }
+        )
     accs = [r["test_accuracy"] for r in results if r["test_accuracy"] is not None]
     result = {
         "config": cfg,
         "runs": results,
         "test_accuracy_mean": float(np.mean(accs)) if accs else None,
-        "test_accuracy_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else (
-            0.0 if accs else None),
+        "test_accuracy_std": float(np.std(accs, ddof=1))
+        if len(accs) > 1
+        else (0.0 if accs else None),
         "epochs": cfg["epochs"],
         "max_runs": int(fits),
         "device": _device_text(cfg["devices"]),
@@ -170,13 +212,21 @@ def _summary(console, result: dict) -> None:
     for name in ("run", "seed", "lr", "test accuracy", "test loss", "params digest"):
         table.add_column(name, justify="left" if name == "params digest" else "right")
     for k, r in enumerate(result["runs"]):
-        table.add_row(str(k), str(r["seed"]), f"{r['lr']:g}", _fmt(r["test_accuracy"]),
-                      _fmt(r["test_loss"]), r["params_digest"][:16])
+        table.add_row(
+            str(k),
+            str(r["seed"]),
+            f"{r['lr']:g}",
+            _fmt(r["test_accuracy"]),
+            _fmt(r["test_loss"]),
+            r["params_digest"][:16],
+        )
     console.print(table)
-    console.print(f"test accuracy {_fmt(result['test_accuracy_mean'])} +- "
-                  f"{_fmt(result['test_accuracy_std'])} (mean +- std over "
-                  f"{len(result['runs'])} runs)   time {result['seconds']:.1f} s   device "
-                  f"{result['device']}   outputs {result['out']}")
+    console.print(
+        f"test accuracy {_fmt(result['test_accuracy_mean'])} +- "
+        f"{_fmt(result['test_accuracy_std'])} (mean +- std over "
+        f"{len(result['runs'])} runs)   time {result['seconds']:.1f} s   device "
+        f"{result['device']}   outputs {result['out']}"
+    )
 
 
 __all__ = ["main"]

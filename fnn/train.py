@@ -97,11 +97,13 @@ class NonFiniteError(FloatingPointError):
 def _check_key(key) -> None:
     ok = isinstance(key, jax.Array) and (
         jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-        or (key.dtype == jnp.uint32 and key.shape == (2,)))
+        or (key.dtype == jnp.uint32 and key.shape == (2,))
+    )
     if not ok:
         raise TypeError(
             f"key: expected a JAX PRNG key such as jax.random.key(0), got "
-            f"{type(key).__name__} {getattr(key, 'dtype', '')}".rstrip())
+            f"{type(key).__name__} {getattr(key, 'dtype', '')}".rstrip()
+        )
 
 
 def _batch_size(batch_size, n: int, name: str) -> int:
@@ -114,7 +116,8 @@ def _batch_size(batch_size, n: int, name: str) -> int:
     if batch_size > n:
         raise ValueError(
             f"{name}: {batch_size} is larger than the dataset ({n} rows); use a batch size "
-            f"<= {n}, or batch_size=None for full-batch gradient descent")
+            f"<= {n}, or batch_size=None for full-batch gradient descent"
+        )
     return int(batch_size)
 
 
@@ -137,7 +140,8 @@ def _check_labels(model: Model, loss, y, n: int, name: str):
             if lo < 0 or hi >= classes:
                 raise ValueError(
                     f"{name} y: class labels must lie in 0..{classes - 1} (the model has "
-                    f"{classes} outputs), got values from {lo} to {hi}")
+                    f"{classes} outputs), got values from {lo} to {hi}"
+                )
             return y.astype(jnp.int32)
         if jnp.issubdtype(kind, jnp.floating) and y.shape == (n, classes):
             _check_unit_interval(y, name, "one-hot / probability targets")
@@ -146,16 +150,19 @@ def _check_labels(model: Model, loss, y, n: int, name: str):
             raise TypeError(
                 f"{name} y: softmax_cross_entropy takes integer class labels [n] or float "
                 f"one-hot rows [n, {classes}], got float labels of shape {y.shape}; convert "
-                f"them with y.astype(np.int32)")
+                f"them with y.astype(np.int32)"
+            )
         raise TypeError(
             f"{name} y: softmax_cross_entropy takes integer class labels [{n}] or float one-hot "
-            f"rows [{n}, {classes}], got {kind} of shape {y.shape}")
+            f"rows [{n}, {classes}], got {kind} of shape {y.shape}"
+        )
     if loss.name == "binary_cross_entropy":
         if y.shape != (n, *out):
             hint = " (add the output axis: y[:, None])" if y.shape == (n,) and out == (1,) else ""
             raise ValueError(
                 f"{name} y: binary_cross_entropy needs targets shaped like the model output "
-                f"{(n, *out)}, got {y.shape}{hint}")
+                f"{(n, *out)}, got {y.shape}{hint}"
+            )
         if not (jnp.issubdtype(kind, jnp.number) or kind == jnp.bool_):
             raise TypeError(f"{name} y: expected 0/1 targets, got dtype {kind}")
         _check_unit_interval(y, name, "binary targets")
@@ -164,11 +171,13 @@ def _check_labels(model: Model, loss, y, n: int, name: str):
         if not jnp.issubdtype(kind, jnp.floating):
             raise TypeError(
                 f"{name} y: mse needs float targets, got {kind}; convert them with "
-                f"y.astype(np.float32)")
+                f"y.astype(np.float32)"
+            )
         if y.shape != (n, *out):
             raise ValueError(
                 f"{name} y: mse needs targets shaped like the model output {(n, *out)}, got "
-                f"{y.shape}")
+                f"{y.shape}"
+            )
         return y.astype(model.dtype)
     return y  # a custom loss validates its own targets when traced
 
@@ -186,28 +195,37 @@ def _check_data(model: Model, loss, data, name: str):
         raise TypeError(f"{name}: expected a pair (x, y), got {type(data).__name__}")
     x, y = (a if isinstance(a, jax.Array) else np.asarray(a) for a in data)
     if x.ndim == 0 or y.ndim == 0:
-        raise ValueError(f"{name}: x and y need a leading example axis, got shapes "
-                         f"{x.shape} and {y.shape}")
+        raise ValueError(
+            f"{name}: x and y need a leading example axis, got shapes {x.shape} and {y.shape}"
+        )
     n = x.shape[0]
     if n == 0:
-        raise ValueError(f"{name}: the dataset is empty (x has shape {x.shape}); pass at least "
-                         f"one example")
+        raise ValueError(
+            f"{name}: the dataset is empty (x has shape {x.shape}); pass at least one example"
+        )
     if y.shape[0] != n:
-        raise ValueError(f"{name}: x and y must have the same number of rows, got x {x.shape} "
-                         f"({n} rows) and y {y.shape} ({y.shape[0]} rows)")
+        raise ValueError(
+            f"{name}: x and y must have the same number of rows, got x {x.shape} "
+            f"({n} rows) and y {y.shape} ({y.shape[0]} rows)"
+        )
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{name} x: expected a floating dtype, got {x.dtype}; convert it with "
-                        f"x.astype(np.float32)")
+        raise TypeError(
+            f"{name} x: expected a floating dtype, got {x.dtype}; convert it with "
+            f"x.astype(np.float32)"
+        )
     if tuple(x.shape[1:]) != tuple(model.in_shape):
-        raise ValueError(f"{name} x: expected shape [n, {', '.join(map(str, model.in_shape))}] "
-                         f"for this model, got {x.shape}")
+        raise ValueError(
+            f"{name} x: expected shape [n, {', '.join(map(str, model.in_shape))}] "
+            f"for this model, got {x.shape}"
+        )
     for label, a in (("x", x), ("y", y)):
         if jnp.issubdtype(a.dtype, jnp.inexact):
             count, first = _nonfinite_rows(a)
             if count:
                 raise ValueError(
                     f"{name} {label}: {count} of {n} rows hold NaN or inf (the first is row "
-                    f"{first}); remove or impute them before training")
+                    f"{first}); remove or impute them before training"
+                )
     return x.astype(model.dtype), _check_labels(model, _losses.get(loss), y, n, name)
 
 
@@ -231,8 +249,14 @@ def _match(new, old):
     # Trace-time only: cast where an update changed a dtype (e.g. a float64 schedule value
     # against float32 parameters), which would make the next call retrace.
     return jax.tree.map(
-        lambda n, o: n if (n.dtype == o.dtype and not n.weak_type) else
-        jax.lax.convert_element_type(n, o.dtype), new, old)
+        lambda n, o: (
+            n
+            if (n.dtype == o.dtype and not n.weak_type)
+            else jax.lax.convert_element_type(n, o.dtype)
+        ),
+        new,
+        old,
+    )
 
 
 def init_state(params, optimizer: optax.GradientTransformation, key) -> TrainState:
@@ -266,6 +290,7 @@ def _step_parts(model: Model, loss, optimizer, grad: str, grad_norm: bool = True
             out = model.apply(params, x, key=key, train=True) if loss.accuracy else None
             return value, out, grads
     else:
+
         def objective(params, x, y, key):
             out = model.apply(params, x, key=key, train=True)
             return loss.fn(out, y), out
@@ -293,8 +318,12 @@ def _step_parts(model: Model, loss, optimizer, grad: str, grad_norm: bool = True
     def apply(state: TrainState, grads) -> TrainState:
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(_match(params, state.params), _match(opt_state, state.opt_state),
-                          state.step + 1, state.key)
+        return TrainState(
+            _match(params, state.params),
+            _match(opt_state, state.opt_state),
+            state.step + 1,
+            state.key,
+        )
 
     return measure, apply
 
@@ -310,8 +339,14 @@ def _step_fn(model: Model, loss, optimizer, grad: str, grad_norm: bool = True):
     return step
 
 
-def make_step(model: Model, loss, optimizer: optax.GradientTransformation,
-              grad: str = "autodiff", *, grad_norm: bool = True):
+def make_step(
+    model: Model,
+    loss,
+    optimizer: optax.GradientTransformation,
+    grad: str = "autodiff",
+    *,
+    grad_norm: bool = True,
+):
     """A jit-compiled training step that donates the state's buffers.
 
     Args:
@@ -337,9 +372,12 @@ def make_step(model: Model, loss, optimizer: optax.GradientTransformation,
 
 def _select(take, new: TrainState, old: TrainState) -> TrainState:
     pick = lambda a, b: jnp.where(take, a, b)  # a scalar predicate; fuses into the update
-    return TrainState(jax.tree.map(pick, new.params, old.params),
-                      jax.tree.map(pick, new.opt_state, old.opt_state),
-                      pick(new.step, old.step), old.key)
+    return TrainState(
+        jax.tree.map(pick, new.params, old.params),
+        jax.tree.map(pick, new.opt_state, old.opt_state),
+        pick(new.step, old.step),
+        old.key,
+    )
 
 
 def _guard_kind(mesh) -> str:
@@ -354,8 +392,11 @@ def _guard_kind(mesh) -> str:
 
 
 def _all_finite(tree):
-    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)
-              if jnp.issubdtype(a.dtype, jnp.inexact)]
+    leaves = [
+        jnp.all(jnp.isfinite(a))
+        for a in jax.tree.leaves(tree)
+        if jnp.issubdtype(a.dtype, jnp.inexact)
+    ]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
@@ -396,8 +437,7 @@ def _build_epoch(model, loss, optimizer, grad, mode, mesh, guard):
                 bad = ~(ok_loss & ok_grad & ok_params)
                 take = fresh & ~bad
                 state = _select(take, new, state)
-                what = jnp.where(fresh & bad, jnp.where(ok_loss, jnp.where(ok_grad, 3, 2), 1),
-                                 what)
+                what = jnp.where(fresh & bad, jnp.where(ok_loss, jnp.where(ok_grad, 3, 2), 1), what)
             else:
                 bad = ~(ok_loss & ok_grad)
                 take = ~bad
@@ -505,8 +545,9 @@ def _cached(kind, objects, settings, build):
     return fn
 
 
-def make_epoch(model: Model, loss, optimizer, *, grad="autodiff", mode="fast", mesh=None,
-               guard=None):
+def make_epoch(
+    model: Model, loss, optimizer, *, grad="autodiff", mode="fast", mesh=None, guard=None
+):
     """The compiled epoch :func:`fit` runs, for resumable or custom loops (cached).
 
     Args:
@@ -536,8 +577,12 @@ def make_epoch(model: Model, loss, optimizer, *, grad="autodiff", mode="fast", m
     guard = guard or _guard_kind(mesh)
     if guard not in ("cond", "select"):
         raise ValueError(f"guard: expected 'cond' or 'select', got {guard!r}")
-    return _cached("epoch", (model, loss, optimizer), (grad, mode, mesh, guard),
-                   lambda: _build_epoch(model, loss, optimizer, grad, mode, mesh, guard))
+    return _cached(
+        "epoch",
+        (model, loss, optimizer),
+        (grad, mode, mesh, guard),
+        lambda: _build_epoch(model, loss, optimizer, grad, mode, mesh, guard),
+    )
 
 
 def run_key(key):
@@ -603,8 +648,7 @@ def evaluate(model: Model, loss, params, data, batch_size: int | None = None) ->
 _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
 
-def _raise_nonfinite(model, loss, optimizer, grad, mesh, start, x, y, idx, epoch, steps,
-                     history):
+def _raise_nonfinite(model, loss, optimizer, grad, mesh, start, x, y, idx, epoch, steps, history):
     """Replay a faulty epoch from its start with a per-step guard, and raise with its result."""
     replay = make_epoch(model, loss, optimizer, grad=grad, mode="replay", mesh=mesh)
     kept, summary = replay(_copy(start), x, y, idx)
@@ -618,19 +662,44 @@ def _raise_nonfinite(model, loss, optimizer, grad, mesh, start, x, y, idx, epoch
         f"training stopped. The exception's .state is the last finite state ({done} steps "
         f"done); lower the learning rate, clip gradients (fnn.optim.get(..., clip_norm=1.0)) "
         f"or use on_nonfinite='skip'",
-        state=kept, history=history, epoch=epoch, step=i, global_step=done, what=what)
+        state=kept,
+        history=history,
+        epoch=epoch,
+        step=i,
+        global_step=done,
+        what=what,
+    )
 
 
 def _fmt(history) -> str:
-    names = {"train_loss": "loss", "train_accuracy": "acc", "eval_loss": "eval loss",
-             "eval_accuracy": "eval acc", "lr": "lr"}
+    names = {
+        "train_loss": "loss",
+        "train_accuracy": "acc",
+        "eval_loss": "eval loss",
+        "eval_accuracy": "eval acc",
+        "lr": "lr",
+    }
     return "  ".join(f"{short} {history[k][-1]:.3g}" for k, short in names.items() if k in history)
 
 
-def fit(model: Model, loss, optimizer: optax.GradientTransformation, data, *, epochs: int,
-        batch_size, key, eval_data=None, grad: str = "autodiff", devices=None,
-        progress: bool = True, init=None, on_nonfinite: str = "raise", callback=None,
-        eval_batch_size: int | None = None):
+def fit(
+    model: Model,
+    loss,
+    optimizer: optax.GradientTransformation,
+    data,
+    *,
+    epochs: int,
+    batch_size,
+    key,
+    eval_data=None,
+    grad: str = "autodiff",
+    devices=None,
+    progress: bool = True,
+    init=None,
+    on_nonfinite: str = "raise",
+    callback=None,
+    eval_batch_size: int | None = None,
+):
     """Train ``model`` for whole epochs; each epoch is one compiled ``lax.scan``.
 
     Args:
@@ -705,8 +774,9 @@ def fit(model: Model, loss, optimizer: optax.GradientTransformation, data, *, ep
         eb = min(eval_batch_size or max(b, 256), len(ex))
         if mesh is not None:
             eb = -(-eb // mesh.size) * mesh.size
-        eval_fn = _cached("eval", (model, loss), (eb, mesh),
-                          lambda: _build_eval(model, loss, eb, mesh))
+        eval_fn = _cached(
+            "eval", (model, loss), (eb, mesh), lambda: _build_eval(model, loss, eb, mesh)
+        )
     if init is None or not isinstance(init, TrainState):
         _check_key(key)
         params = model.init(key) if init is None else init
@@ -725,14 +795,21 @@ def fit(model: Model, loss, optimizer: optax.GradientTransformation, data, *, ep
         raise ValueError(
             f"init: state.step={done} is not at an epoch boundary ({steps} steps per epoch "
             f"with n={n}, batch_size={b}); resume from an end-of-epoch state, or pass "
-            f"init=state.params to start a new run from these parameters")
-    place = (lambda a: jax.device_put(a)) if mesh is None else (
-        lambda a: _parallel.put_replicated(a, mesh))
+            f"init=state.params to start a new run from these parameters"
+        )
+    place = (
+        (lambda a: jax.device_put(a))
+        if mesh is None
+        else (lambda a: _parallel.put_replicated(a, mesh))
+    )
     x, y = place(x), place(y)
     if eval_data is not None:
         ex, ey = place(ex), place(ey)
-    idx_place = (lambda a: jax.device_put(a)) if mesh is None else (
-        lambda a: _parallel.put_sharded(a, _parallel.batch_sharding(mesh, axis=1)))
+    idx_place = (
+        (lambda a: jax.device_put(a))
+        if mesh is None
+        else (lambda a: _parallel.put_sharded(a, _parallel.batch_sharding(mesh, axis=1)))
+    )
 
     history: dict[str, list] = {}
     first = done // steps
@@ -753,8 +830,9 @@ def fit(model: Model, loss, optimizer: optax.GradientTransformation, data, *, ep
             evals = eval_fn(state.params, ex, ey) if eval_data is not None else {}
             summary, evals = jax.device_get(jax.block_until_ready((summary, evals)))
             if mode == "fast" and (summary["first_bad"] >= 0 or not summary["finite"]):
-                _raise_nonfinite(model, loss, optimizer, grad, mesh, start, x, y, idx_e, e,
-                                 steps, history)
+                _raise_nonfinite(
+                    model, loss, optimizer, grad, mesh, start, x, y, idx_e, e, steps, history
+                )
             row = {"train_loss": summary["loss"]}
             if "accuracy" in summary:
                 row["train_accuracy"] = summary["accuracy"]
@@ -784,8 +862,11 @@ class _Bar:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
-            TextColumn("epoch {task.completed}/{task.total}"), BarColumn(bar_width=16),
-            TimeElapsedColumn(), TextColumn("{task.fields[metrics]}"))
+            TextColumn("epoch {task.completed}/{task.total}"),
+            BarColumn(bar_width=16),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[metrics]}"),
+        )
         self.progress.start()
         self.task = self.progress.add_task("train", total=total, completed=start, metrics="")
 

@@ -47,25 +47,36 @@ def test_train_state_fields():
 
 
 def test_console_script_lists_the_subcommands():
-    out = subprocess.run([sys.executable, "-m", "fnn.cli", "--help"], capture_output=True,
-                         text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "fnn.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     for name in ("train", "check"):
         assert name in out.stdout
     for name in ("train", "check"):
-        sub = subprocess.run([sys.executable, "-m", "fnn.cli", name, "--help"],
-                             capture_output=True, text=True, timeout=120)
+        sub = subprocess.run(
+            [sys.executable, "-m", "fnn.cli", name, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert sub.returncode == 0 and "--json" in sub.stdout
 
 
 def test_import_fnn_does_not_import_matplotlib():
     code = "import sys, fnn, fnn.backprop; print('matplotlib' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
     assert out.stdout.strip() == "False"
 
 
 def test_console_script_help():
-    out = subprocess.run([sys.executable, "-m", "fnn.cli", "--help"], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "fnn.cli", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0
     assert "usage: fnn" in out.stdout

@@ -47,8 +47,9 @@ def no_autodiff(layer):
 
 def test_manual_sweep_uses_no_autodiff():
     inner = models.serial(layers.dense(5), layers.activation("tanh"))
-    net = models.serial(inner, layers.dropout(0.3), layers.dense(4),
-                        layers.activation("relu"), layers.dense(3))
+    net = models.serial(
+        inner, layers.dropout(0.3), layers.dense(4), layers.activation("relu"), layers.dense(3)
+    )
     plain = models.build(net, (4,), F64)
     guarded = models.build(no_autodiff(net), (4,), F64)
     params, x, y = data(plain)
@@ -102,8 +103,12 @@ def test_bridge_grad_equals_plain_grad_and_runs_the_manual_rules():
     check.assert_grads_close(grads, want, rtol=1e-10)
     # A wrong backward rule shows through the bridge, so jax.grad really runs the manual rule.
     dense = layers.dense(3)
-    bad = dense._replace(backward=lambda p, xx, yy, dy, **kw: (
-        {"w": -(xx.T @ dy), "b": jnp.sum(dy, axis=0)}, dy @ p["w"].T))
+    bad = dense._replace(
+        backward=lambda p, xx, yy, dy, **kw: (
+            {"w": -(xx.T @ dy), "b": jnp.sum(dy, axis=0)},
+            dy @ p["w"].T,
+        )
+    )
     buggy = models.build(models.serial(layers.dense(5), layers.activation("tanh"), bad), (4,), F64)
     bp, bx, by = data(buggy)
     _, through_bridge = autodiff(backprop.manual_vjp(buggy), bp, bx, by)
@@ -123,8 +128,7 @@ def test_bridge_vmap_per_example_grads_equal_a_loop():
     per_example = jax.jit(jax.vmap(one(bridged), in_axes=(None, 0, 0)))(params, x, y)
     for i in range(x.shape[0]):
         single = one(model)(params, x[i], y[i])
-        check.assert_grads_close(jax.tree.map(lambda g, i=i: g[i], per_example), single,
-                                 rtol=1e-10)
+        check.assert_grads_close(jax.tree.map(lambda g, i=i: g[i], per_example), single, rtol=1e-10)
 
 
 def test_bad_params_name_the_layer_and_shapes():
@@ -132,13 +136,19 @@ def test_bad_params_name_the_layer_and_shapes():
     params, x, y = data(model)
     vg = backprop.value_and_grad(model, CE)
     wrong = [params[0], {}, {"w": jnp.zeros((5, 2), F64), "b": params[2]["b"]}]
-    with pytest.raises(ValueError, match=r"params\[2\]\['w'\] \(layer 2, dense\(2\)\): expected "
-                                         r"shape \(4, 2\), got \(5, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"params\[2\]\['w'\] \(layer 2, dense\(2\)\): expected "
+        r"shape \(4, 2\), got \(5, 2\)",
+    ):
         vg(wrong, x, y)
     with pytest.raises(ValueError, match=r"params\[0\] \(layer 0, dense\(4\)\): expected .*'b'"):
         vg([{"w": params[0]["w"]}, {}, params[2]], x, y)
-    with pytest.raises(ValueError, match=r"one entry per layer \(3: dense\(4\), relu, dense\(2\)\)"
-                                         r", got list of length 2"):
+    with pytest.raises(
+        ValueError,
+        match=r"one entry per layer \(3: dense\(4\), relu, dense\(2\)\)"
+        r", got list of length 2",
+    ):
         vg(params[:2], x, y)
     with pytest.raises(ValueError, match=r"params\[2\]\['w'\] \(layer 2"):
         jax.grad(lambda p: CE.fn(backprop.manual_vjp(model).apply(p, x), y))(wrong)
@@ -148,8 +158,11 @@ def test_bad_input_feature_size_names_layer_0_and_shapes():
     model = fnn.mlp([3, 4, 2], activation="relu", dtype=F64)
     params, _, y = data(model)
     x = jnp.ones((6, 7), F64)
-    with pytest.raises(ValueError, match=r"x: expected shape \[batch, 3\] for layer 0 "
-                                         r"\(dense\(4\)\), got \(6, 7\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"x: expected shape \[batch, 3\] for layer 0 "
+        r"\(dense\(4\)\), got \(6, 7\)",
+    ):
         backprop.value_and_grad(model, CE)(params, x, y)
     with pytest.raises(ValueError, match=r"layer 0 \(dense\(4\)\), got \(6, 7\)"):
         backprop.manual_vjp(model).apply(params, x)

@@ -40,82 +40,195 @@ def _with_nan(a, row, value=np.nan):
 
 API_CASES = [
     # models and layers
-    ("x wrong features", lambda: MODEL.apply(PARAMS, jnp.zeros((3, 5))), ValueError,
-     r"x: expected shape \[batch, 2\].*got \(3, 5\)"),
-    ("x wrong rank", lambda: MODEL.apply(PARAMS, jnp.zeros((2,))), ValueError,
-     r"x: expected shape \[batch, 2\].*got \(2,\)"),
-    ("x integer", lambda: MODEL.apply(PARAMS, jnp.zeros((3, 2), jnp.int32)), TypeError,
-     r"x: expected a floating dtype, got int32"),
-    ("params from another model", lambda: MODEL.apply(fnn.mlp([2, 5, 3]).init(
-        jax.random.key(0)), jnp.zeros((1, 2))), ValueError, r"params\[0\].*expected shape"),
-    ("params too short", lambda: MODEL.apply(PARAMS[:1], jnp.zeros((1, 2))), ValueError,
-     r"params: expected a list with one entry per layer \(3"),
+    (
+        "x wrong features",
+        lambda: MODEL.apply(PARAMS, jnp.zeros((3, 5))),
+        ValueError,
+        r"x: expected shape \[batch, 2\].*got \(3, 5\)",
+    ),
+    (
+        "x wrong rank",
+        lambda: MODEL.apply(PARAMS, jnp.zeros((2,))),
+        ValueError,
+        r"x: expected shape \[batch, 2\].*got \(2,\)",
+    ),
+    (
+        "x integer",
+        lambda: MODEL.apply(PARAMS, jnp.zeros((3, 2), jnp.int32)),
+        TypeError,
+        r"x: expected a floating dtype, got int32",
+    ),
+    (
+        "params from another model",
+        lambda: MODEL.apply(fnn.mlp([2, 5, 3]).init(jax.random.key(0)), jnp.zeros((1, 2))),
+        ValueError,
+        r"params\[0\].*expected shape",
+    ),
+    (
+        "params too short",
+        lambda: MODEL.apply(PARAMS[:1], jnp.zeros((1, 2))),
+        ValueError,
+        r"params: expected a list with one entry per layer \(3",
+    ),
     ("sizes too short", lambda: fnn.mlp([3]), ValueError, r"sizes: expected"),
     ("sizes zero", lambda: fnn.mlp([3, 0, 1]), ValueError, r"sizes\[1\]: expected a positive"),
     ("dense fan_out", lambda: fnn.layers.dense(-2), ValueError, r"fan_out must be a positive"),
     ("dropout rate", lambda: fnn.layers.dropout(1.5), ValueError, r"rate must be in \[0, 1\)"),
-    ("unknown activation", lambda: activations.get("swish2"), ValueError,
-     r"unknown activation 'swish2'; expected one of: .*relu"),
+    (
+        "unknown activation",
+        lambda: activations.get("swish2"),
+        ValueError,
+        r"unknown activation 'swish2'; expected one of: .*relu",
+    ),
     ("unknown loss", lambda: losses.get("l1"), ValueError, r"unknown loss 'l1'; expected one"),
-    ("labels wrong shape", lambda: losses.get("softmax_cross_entropy").fn(
-        jnp.zeros((4, 3)), jnp.zeros((4, 3), jnp.int32)), ValueError,
-     r"integer labels must have shape \(4,\)"),
-    ("mse target shape", lambda: losses.get("mse").grad(jnp.zeros((4, 2)), jnp.zeros((4,))),
-     ValueError, r"mse: target must have the shape of pred"),
+    (
+        "labels wrong shape",
+        lambda: losses.get("softmax_cross_entropy").fn(
+            jnp.zeros((4, 3)), jnp.zeros((4, 3), jnp.int32)
+        ),
+        ValueError,
+        r"integer labels must have shape \(4,\)",
+    ),
+    (
+        "mse target shape",
+        lambda: losses.get("mse").grad(jnp.zeros((4, 2)), jnp.zeros((4,))),
+        ValueError,
+        r"mse: target must have the shape of pred",
+    ),
     # training data
-    ("x/y lengths", lambda: fit(y=Y[:10]), ValueError,
-     r"x and y must have the same number of rows.*20 rows.*10 rows"),
-    ("batch too large", lambda: fit(batch_size=64), ValueError,
-     r"batch_size: 64 is larger than the dataset \(20 rows\)"),
+    (
+        "x/y lengths",
+        lambda: fit(y=Y[:10]),
+        ValueError,
+        r"x and y must have the same number of rows.*20 rows.*10 rows",
+    ),
+    (
+        "batch too large",
+        lambda: fit(batch_size=64),
+        ValueError,
+        r"batch_size: 64 is larger than the dataset \(20 rows\)",
+    ),
     ("batch zero", lambda: fit(batch_size=0), ValueError, r"batch_size: expected a positive"),
-    ("float labels", lambda: fit(y=Y.astype(np.float32)), TypeError,
-     r"y: softmax_cross_entropy takes integer class labels.*got float labels"),
-    ("labels out of range", lambda: fit(y=Y + 1), ValueError,
-     r"class labels must lie in 0..2.*from 1 to 3"),
+    (
+        "float labels",
+        lambda: fit(y=Y.astype(np.float32)),
+        TypeError,
+        r"y: softmax_cross_entropy takes integer class labels.*got float labels",
+    ),
+    (
+        "labels out of range",
+        lambda: fit(y=Y + 1),
+        ValueError,
+        r"class labels must lie in 0..2.*from 1 to 3",
+    ),
     ("negative labels", lambda: fit(y=Y - 1), ValueError, r"class labels must lie in 0..2"),
-    ("NaN in x", lambda: fit(x=_with_nan(X, 3)), ValueError,
-     r"data x: 1 of 20 rows hold NaN or inf \(the first is row 3\)"),
-    ("inf in x", lambda: fit(x=_with_nan(_with_nan(X, 5, np.inf), 7, -np.inf)), ValueError,
-     r"data x: 2 of 20 rows hold NaN or inf \(the first is row 5\)"),
-    ("NaN in y", lambda: train.fit(fnn.mlp([2, 1]), "mse", OPT, (X, _with_nan(
-        np.zeros((20, 1), np.float32), 2)), epochs=1, batch_size=4, key=jax.random.key(0),
-        progress=False), ValueError, r"data y: 1 of 20 rows hold NaN"),
+    (
+        "NaN in x",
+        lambda: fit(x=_with_nan(X, 3)),
+        ValueError,
+        r"data x: 1 of 20 rows hold NaN or inf \(the first is row 3\)",
+    ),
+    (
+        "inf in x",
+        lambda: fit(x=_with_nan(_with_nan(X, 5, np.inf), 7, -np.inf)),
+        ValueError,
+        r"data x: 2 of 20 rows hold NaN or inf \(the first is row 5\)",
+    ),
+    (
+        "NaN in y",
+        lambda: train.fit(
+            fnn.mlp([2, 1]),
+            "mse",
+            OPT,
+            (X, _with_nan(np.zeros((20, 1), np.float32), 2)),
+            epochs=1,
+            batch_size=4,
+            key=jax.random.key(0),
+            progress=False,
+        ),
+        ValueError,
+        r"data y: 1 of 20 rows hold NaN",
+    ),
     ("empty dataset", lambda: fit(x=X[:0], y=Y[:0]), ValueError, r"the dataset is empty"),
-    ("integer x", lambda: fit(x=X.astype(np.int32)), TypeError,
-     r"data x: expected a floating dtype, got int32"),
-    ("x wrong width", lambda: fit(x=np.zeros((20, 3), np.float32)), ValueError,
-     r"data x: expected shape \[n, 2\] for this model, got \(20, 3\)"),
+    (
+        "integer x",
+        lambda: fit(x=X.astype(np.int32)),
+        TypeError,
+        r"data x: expected a floating dtype, got int32",
+    ),
+    (
+        "x wrong width",
+        lambda: fit(x=np.zeros((20, 3), np.float32)),
+        ValueError,
+        r"data x: expected shape \[n, 2\] for this model, got \(20, 3\)",
+    ),
     ("not a key", lambda: fit(key=0), TypeError, r"key: expected a JAX PRNG key"),
     ("negative epochs", lambda: fit(epochs=-1), ValueError, r"epochs: expected an int >= 0"),
-    ("eval data wrong", lambda: fit(eval_data=(X[:, :1], Y)), ValueError,
-     r"eval_data x: expected shape \[n, 2\]"),
+    (
+        "eval data wrong",
+        lambda: fit(eval_data=(X[:, :1], Y)),
+        ValueError,
+        r"eval_data x: expected shape \[n, 2\]",
+    ),
     ("too many devices", lambda: fit(devices=64), ValueError, r"devices: expected 1\.\.1"),
-    ("bce target shape", lambda: train.fit(fnn.mlp([2, 1]), "binary_cross_entropy", OPT,
-     (X, (Y > 0).astype(np.float32)), epochs=1, batch_size=4, key=jax.random.key(0),
-     progress=False), ValueError, r"binary_cross_entropy needs targets shaped like"),
+    (
+        "bce target shape",
+        lambda: train.fit(
+            fnn.mlp([2, 1]),
+            "binary_cross_entropy",
+            OPT,
+            (X, (Y > 0).astype(np.float32)),
+            epochs=1,
+            batch_size=4,
+            key=jax.random.key(0),
+            progress=False,
+        ),
+        ValueError,
+        r"binary_cross_entropy needs targets shaped like",
+    ),
     # optimizers
     ("lr zero", lambda: optim.get("adam", 0.0), ValueError, r"lr"),
     ("lr negative", lambda: optim.get("sgd", -1e-3), ValueError, r"lr"),
     ("unknown optimizer", lambda: optim.get("lion", 1e-3), ValueError, r"adam"),
-    ("unknown schedule", lambda: optim.get("adam", 1e-3, schedule="linear"), ValueError,
-     r"schedule: unknown 'linear'"),
-    ("schedule without steps", lambda: optim.get("adam", 1e-3, schedule="cosine"), ValueError,
-     r"steps: the 'cosine' schedule needs the total number of updates"),
+    (
+        "unknown schedule",
+        lambda: optim.get("adam", 1e-3, schedule="linear"),
+        ValueError,
+        r"schedule: unknown 'linear'",
+    ),
+    (
+        "schedule without steps",
+        lambda: optim.get("adam", 1e-3, schedule="cosine"),
+        ValueError,
+        r"steps: the 'cosine' schedule needs the total number of updates",
+    ),
     # data
-    ("unknown dataset", lambda: data.load("cifar10"), ValueError,
-     r"unknown dataset 'cifar10'; expected one of"),
-    ("missing mnist", lambda: data.load("mnist:/no/such/dir"), FileNotFoundError,
-     r"/no/such/dir"),
+    (
+        "unknown dataset",
+        lambda: data.load("cifar10"),
+        ValueError,
+        r"unknown dataset 'cifar10'; expected one of",
+    ),
+    ("missing mnist", lambda: data.load("mnist:/no/such/dir"), FileNotFoundError, r"/no/such/dir"),
     # checking
-    ("compare structures", lambda: check.compare({"a": jnp.ones(2)}, {"b": jnp.ones(2)}),
-     ValueError, r"\['a'\]|\['b'\]"),
-    ("lr_find range", lambda: diagnostics.lr_find(MODEL, "softmax_cross_entropy", (X, Y),
-     min_lr=1.0, max_lr=0.5), ValueError, r"min_lr, max_lr: expected 0 < min_lr < max_lr"),
+    (
+        "compare structures",
+        lambda: check.compare({"a": jnp.ones(2)}, {"b": jnp.ones(2)}),
+        ValueError,
+        r"\['a'\]|\['b'\]",
+    ),
+    (
+        "lr_find range",
+        lambda: diagnostics.lr_find(MODEL, "softmax_cross_entropy", (X, Y), min_lr=1.0, max_lr=0.5),
+        ValueError,
+        r"min_lr, max_lr: expected 0 < min_lr < max_lr",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("fn", "exc", "pattern"), [c[1:] for c in API_CASES],
-                         ids=[c[0] for c in API_CASES])
+@pytest.mark.parametrize(
+    ("fn", "exc", "pattern"), [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES]
+)
 def test_api_bad_input(fn, exc, pattern):
     with pytest.raises(exc, match=pattern):
         fn()
@@ -200,8 +313,22 @@ def _tree_hash(folder) -> str:
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    code = cli.main(["train", "--data", "xor", "--hidden", "4", "--epochs", "2", "--quiet",
-                     "--checkpoint-every", "1", "--out", str(out)])
+    code = cli.main(
+        [
+            "train",
+            "--data",
+            "xor",
+            "--hidden",
+            "4",
+            "--epochs",
+            "2",
+            "--quiet",
+            "--checkpoint-every",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     return out
 
@@ -224,8 +351,7 @@ CLI_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("flags", "pattern"), CLI_CASES,
-                         ids=[" ".join(c[0]) for c in CLI_CASES])
+@pytest.mark.parametrize(("flags", "pattern"), CLI_CASES, ids=[" ".join(c[0]) for c in CLI_CASES])
 def test_command_bad_input_leaves_the_run_intact(flags, pattern, run_folder, capsys):
     before = _tree_hash(run_folder)
     code = cli.main(["train", "--quiet", "--out", str(run_folder), *flags])

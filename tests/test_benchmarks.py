@@ -23,11 +23,24 @@ import _timing  # noqa: E402
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "smoke.json"
-    before = {f: os.stat(os.path.join(BENCH, f)).st_mtime_ns
-              for f in ("RESULTS.md", "scaling.png") if os.path.exists(os.path.join(BENCH, f))}
-    proc = subprocess.run([sys.executable, os.path.join(BENCH, "run.py"), "--smoke",
-                           "--no-peers", "--json", str(path)],
-                          capture_output=True, text=True, timeout=180)
+    before = {
+        f: os.stat(os.path.join(BENCH, f)).st_mtime_ns
+        for f in ("RESULTS.md", "scaling.png")
+        if os.path.exists(os.path.join(BENCH, f))
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(BENCH, "run.py"),
+            "--smoke",
+            "--no-peers",
+            "--json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     after = {f: os.stat(os.path.join(BENCH, f)).st_mtime_ns for f in before}
     return json.loads(path.read_text()), proc.stdout, before, after
@@ -40,8 +53,19 @@ def _positive(v):
 def test_smoke_json_has_every_section(smoke):
     res, _, _, _ = smoke
     assert res["mode"] == "smoke"
-    for key in ("date", "machine", "versions", "peers_run", "peers_skipped", "step", "epoch",
-                "memory", "scaling", "seconds", "loadavg_end"):
+    for key in (
+        "date",
+        "machine",
+        "versions",
+        "peers_run",
+        "peers_skipped",
+        "step",
+        "epoch",
+        "memory",
+        "scaling",
+        "seconds",
+        "loadavg_end",
+    ):
         assert key in res, key
     assert res["peers_run"] == []
     assert set(res["peers_skipped"]) >= {"flax_linen", "equinox", "haiku", "torch_eager"}

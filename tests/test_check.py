@@ -31,8 +31,10 @@ def setup(model, loss_name, batch=4, seed=0):
 
 def raw_rel_err(a, b):
     """max |a - b| / (|a| + |b|) over every element of every leaf, computed independently."""
-    return max(float(np.max(np.abs(u - v) / np.maximum(np.abs(u) + np.abs(v), 1e-300)))
-               for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    return max(
+        float(np.max(np.abs(u - v) / np.maximum(np.abs(u) + np.abs(v), 1e-300)))
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
 
 
 def autodiff(model, loss_name, params, x, y):
@@ -110,8 +112,10 @@ def test_assert_grads_close_carries_the_table():
 
 
 def test_numerical_grad_coords_and_directions_on_a_known_function():
-    params = {"small": jnp.array([0.3, -1.2, 2.0], F64),
-              "big": jax.random.normal(jax.random.key(0), (6, 5), F64)}
+    params = {
+        "small": jnp.array([0.3, -1.2, 2.0], F64),
+        "big": jax.random.normal(jax.random.key(0), (6, 5), F64),
+    }
 
     def f(p):  # gradient: 3 small**2, cos(big)
         return jnp.sum(p["small"] ** 3) + jnp.sum(jnp.sin(p["big"]))
@@ -137,8 +141,7 @@ def test_numerical_grad_refuses_float32_unless_allowed():
     with pytest.raises(ValueError, match=r"float32.*eps\*\*\(2/3\).*jax_enable_x64"):
         check.numerical_grad(lambda p: jnp.sum(p["w"] ** 2), params)
     with pytest.warns(check.PrecisionWarning, match="float32"):
-        fd = check.numerical_grad(lambda p: jnp.sum(p["w"] ** 2), params,
-                                  allow_low_precision=True)
+        fd = check.numerical_grad(lambda p: jnp.sum(p["w"] ** 2), params, allow_low_precision=True)
     np.testing.assert_allclose(fd.leaves[0].estimate, 2.0, rtol=1e-3)
 
 
@@ -241,8 +244,13 @@ def one_element_off(p, x, dy, dp, dx):
 
 def net(middle, out=3):
     """dense(4) -> tanh -> middle -> tanh -> dense(out); leaves [0], [2], [4]."""
-    stack = models.serial(layers.dense(4), layers.activation("tanh"), middle,
-                          layers.activation("tanh"), layers.dense(out))
+    stack = models.serial(
+        layers.dense(4),
+        layers.activation("tanh"),
+        middle,
+        layers.activation("tanh"),
+        layers.dense(out),
+    )
     return models.build(stack, (3,), F64)
 
 
@@ -279,7 +287,9 @@ def test_transposed_w_with_the_wrong_shape_is_a_failing_row():
     report = check.check_model(model, "mse", params, x, y)
     row = next(r for r in report.rows if r.path == "[2]['w']")
     assert report.failed == ["[2]['w']"] and row.autodiff.note == "shape (5, 4) vs (4, 5)"
-    assert "shape (5, 4) vs (4, 5)" in str(check.compare(*[{"w": jnp.zeros(s)} for s in [(5, 4), (4, 5)]]))
+    assert "shape (5, 4) vs (4, 5)" in str(
+        check.compare(*[{"w": jnp.zeros(s)} for s in [(5, 4), (4, 5)]])
+    )
 
 
 def test_missing_factor_2_in_the_loss_fails_every_leaf():

@@ -60,8 +60,12 @@ def assert_bitwise_equal(a, b):
 
 def test_round_trip_is_bitwise_and_keeps_dtypes(tmp_path):
     state = make_state()
-    meta = {"config": {"hidden": [16]}, "history": {"loss": [np.float32(0.5), 0.25]},
-            "epoch": 3, "batch": np.int64(7)}
+    meta = {
+        "config": {"hidden": [16]},
+        "history": {"loss": [np.float32(0.5), 0.25]},
+        "epoch": 3,
+        "batch": np.int64(7),
+    }
     path = checkpoint.save(tmp_path, state, step=1234, metadata=meta)
     assert os.path.basename(path) == "ckpt-00001234.npz"
     for like in (make_state(seed=99), jax.eval_shape(lambda: make_state(seed=99))):
@@ -71,19 +75,29 @@ def test_round_trip_is_bitwise_and_keeps_dtypes(tmp_path):
         assert_bitwise_equal(restored, state)
     assert int(restored.extra["big_int"]) == 16777217
     assert restored.extra["f64"].dtype == jnp.float64
-    assert got_meta == {"config": {"hidden": [16]}, "history": {"loss": [0.5, 0.25]},
-                        "epoch": 3, "batch": 7}
+    assert got_meta == {
+        "config": {"hidden": [16]},
+        "history": {"loss": [0.5, 0.25]},
+        "epoch": 3,
+        "batch": 7,
+    }
     # The restored key draws the same numbers.
-    np.testing.assert_array_equal(jax.random.normal(restored.key, (3,)),
-                                  jax.random.normal(state.key, (3,)))
+    np.testing.assert_array_equal(
+        jax.random.normal(restored.key, (3,)), jax.random.normal(state.key, (3,))
+    )
     man = checkpoint.info(path)
     assert man["step"] == 1234 and man["metadata"] == got_meta
     assert {e["path"]: e["dtype"] for e in man["leaves"]}[".extra['big_int']"] == "int32"
 
 
 def test_plain_numpy_and_python_leaves_keep_their_kind(tmp_path):
-    tree = {"n": np.arange(4, dtype=np.int16), "s": np.float64(2.5), "i": 3, "x": 0.5,
-            "bf": jnp.asarray([1.5, -2.0], jnp.bfloat16)}
+    tree = {
+        "n": np.arange(4, dtype=np.int16),
+        "s": np.float64(2.5),
+        "i": 3,
+        "x": 0.5,
+        "bf": jnp.asarray([1.5, -2.0], jnp.bfloat16),
+    }
     checkpoint.save(tmp_path, tree, step=0)
     got, meta = checkpoint.restore(tmp_path / "ckpt-00000000.npz", tree)
     assert meta is None
@@ -93,7 +107,12 @@ def test_plain_numpy_and_python_leaves_keep_their_kind(tmp_path):
     assert got["bf"].dtype == jnp.bfloat16 and got["bf"].tolist() == [1.5, -2.0]
     # Anyone can read a checkpoint with NumPy alone.
     with np.load(tmp_path / "ckpt-00000000.npz") as z:
-        assert "manifest" in z.files and z["leaf_00002"].tolist() == [0, 1, 2, 3]  # leaves in key order
+        assert "manifest" in z.files and z["leaf_00002"].tolist() == [
+            0,
+            1,
+            2,
+            3,
+        ]  # leaves in key order
 
 
 def test_keep_last_k(tmp_path):
@@ -219,8 +238,11 @@ def test_other_architecture_names_the_leaves(tmp_path):
     assert "ckpt-00000001.npz" in msg
     assert ".params[0]['w']: expected float32[6, 32], found float32[6, 16]" in msg
     assert ".opt_state[0].mu[0]['b']: expected float32[32], found float32[16]" in msg
-    with pytest.raises(CheckpointError, match=r"structure differs.*missing from the checkpoint: "
-                                              r"\.params\[4\]\['b'\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"structure differs.*missing from the checkpoint: "
+        r"\.params\[4\]\['b'\]",
+    ):
         checkpoint.restore(tmp_path, make_state(sizes=(6, 16, 8, 4)))
 
 
@@ -228,12 +250,18 @@ def test_dtype_mismatch_is_an_error_not_a_cast(tmp_path):
     state = make_state()
     checkpoint.save(tmp_path, state, step=1)
     like = make_state(dtype=jnp.float64)
-    with pytest.raises(CheckpointError, match=r"no cast.*\.params\[0\]\['b'\]: expected "
-                                              r"float64\[16\], found float32\[16\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"no cast.*\.params\[0\]\['b'\]: expected "
+        r"float64\[16\], found float32\[16\]",
+    ):
         checkpoint.restore(tmp_path, like)
     like = state._replace(extra={**state.extra, "big_int": jnp.asarray(0.0, jnp.float32)})
-    with pytest.raises(CheckpointError, match=r"\.extra\['big_int'\]: expected float32\[\], "
-                                              r"found int32\[\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"\.extra\['big_int'\]: expected float32\[\], "
+        r"found int32\[\]",
+    ):
         checkpoint.restore(tmp_path, like)
     like = state._replace(key=jax.random.key(0, impl="rbg"))
     with pytest.raises(CheckpointError, match=r"\.key: expected key<rbg>\[\], found key<fry>\[\]"):
@@ -282,14 +310,18 @@ SAVER = textwrap.dedent("""
 
 def test_sigkill_during_saves_never_loses_a_checkpoint(tmp_path):
     rng = random.Random(0)
-    like = {"a": np.zeros((512, 1024), np.float32), "b": np.zeros(100, np.int64),
-            "key": jax.random.key(0)}
+    like = {
+        "a": np.zeros((512, 1024), np.float32),
+        "b": np.zeros(100, np.int64),
+        "key": jax.random.key(0),
+    }
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     steps, mid_save = [], 0
     start = time.monotonic()
     for _ in range(10):
-        proc = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)],
-                                stdout=subprocess.PIPE, env=env, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SAVER, str(tmp_path)], stdout=subprocess.PIPE, env=env, text=True
+        )
         try:
             assert proc.stdout.readline().strip() == "ready"
             time.sleep(rng.uniform(0.05, 0.4))
@@ -306,8 +338,9 @@ def test_sigkill_during_saves_never_loses_a_checkpoint(tmp_path):
         step = meta["step"]
         assert tree["a"].shape == (512, 1024) and np.all(tree["a"] == step)
         assert np.all(tree["b"] == step)
-        np.testing.assert_array_equal(jax.random.key_data(tree["key"]),
-                                      jax.random.key_data(jax.random.key(step)))
+        np.testing.assert_array_equal(
+            jax.random.key_data(tree["key"]), jax.random.key_data(jax.random.key(step))
+        )
         steps.append(step)
     assert steps == sorted(steps) and steps[-1] > steps[0]
     assert mid_save >= 1, "no kill landed during a save"

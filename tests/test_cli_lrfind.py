@@ -16,22 +16,55 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def lr_find(*flags, timeout=120):
-    return subprocess.run([sys.executable, "-m", "fnn.cli", "lr-find", *flags],
-                          capture_output=True, text=True, timeout=timeout, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "fnn.cli", "lr-find", *flags],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+    )
 
 
 def test_sweep_diverges_and_suggests_a_tenth_of_the_minimum(tmp_path):
     out = tmp_path / "run"
-    res = lr_find("--data", "moons", "--hidden", "8", "--activation", "tanh", "--optimizer",
-                  "sgd", "--min-lr", "1e-4", "--max-lr", "1e3", "--steps", "60",
-                  "--batch-size", "16", "--seed", "1", "--out", str(out),
-                  "--json", str(tmp_path / "r.json"))
+    res = lr_find(
+        "--data",
+        "moons",
+        "--hidden",
+        "8",
+        "--activation",
+        "tanh",
+        "--optimizer",
+        "sgd",
+        "--min-lr",
+        "1e-4",
+        "--max-lr",
+        "1e3",
+        "--steps",
+        "60",
+        "--batch-size",
+        "16",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+        "--json",
+        str(tmp_path / "r.json"),
+    )
     assert res.returncode == 0, res.stderr
     r = json.loads((tmp_path / "r.json").read_text())
-    assert r["config"] == {"data": "moons", "hidden": [8], "activation": "tanh",
-                           "loss": "softmax_cross_entropy", "optimizer": "sgd",
-                           "min_lr": 1e-4, "max_lr": 1e3, "steps": 60, "batch_size": 16,
-                           "seed": 1}
+    assert r["config"] == {
+        "data": "moons",
+        "hidden": [8],
+        "activation": "tanh",
+        "loss": "softmax_cross_entropy",
+        "optimizer": "sgd",
+        "min_lr": 1e-4,
+        "max_lr": 1e3,
+        "steps": 60,
+        "batch_size": 16,
+        "seed": 1,
+    }
     # SGD at rates up to 1e3 blows up: the sweep stops early, at the step it names.
     assert r["diverged_at"] is not None
     assert r["steps_run"] == r["diverged_at"] + 1 < 60
@@ -54,8 +87,21 @@ def test_sweep_diverges_and_suggests_a_tenth_of_the_minimum(tmp_path):
 
 def test_png_out_and_quiet(tmp_path):
     fig = tmp_path / "figs" / "sweep.png"
-    res = lr_find("--data", "xor", "--hidden", "4", "--optimizer", "momentum", "--steps", "20",
-                  "--max-lr", "1.0", "--out", str(fig), "--quiet")
+    res = lr_find(
+        "--data",
+        "xor",
+        "--hidden",
+        "4",
+        "--optimizer",
+        "momentum",
+        "--steps",
+        "20",
+        "--max-lr",
+        "1.0",
+        "--out",
+        str(fig),
+        "--quiet",
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout == "" and res.stderr == ""
     assert fig.read_bytes()[:8] == PNG
@@ -69,23 +115,27 @@ def test_bad_flag_in_a_subprocess_is_one_line_and_exit_2(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         "fnn lr-find: error: --optimizer: unknown 'lbfgs'; expected one of: adam, adamw, sgd, "
-        "gd, momentum, nesterov, rmsprop, adagrad"]
+        "gd, momentum, nesterov, rmsprop, adagrad"
+    ]
     assert os.listdir(tmp_path) == []  # nothing written before the check
 
 
-@pytest.mark.parametrize("flags, match", [
-    (["--min-lr", "0"], r"--min-lr: expected a positive finite number, got 0.0"),
-    (["--max-lr", "nan"], r"--max-lr: expected a positive finite number"),
-    (["--min-lr", "1", "--max-lr", "0.5"], r"expected --min-lr < --max-lr, got 1.0 and 0.5"),
-    (["--steps", "5"], r"--steps: expected at least 10, got 5"),
-    (["--hidden", "8,x"], r"--hidden: expected comma-separated positive ints"),
-    (["--batch-size", "0"], r"--batch-size: expected a positive int, got 0"),
-    (["--activation", "swish"], r"--activation: unknown 'swish'"),
-    (["--loss", "hinge"], r"--loss: unknown 'hinge'"),
-    (["--data", "cifar"], r"--data: unknown dataset 'cifar'"),
-    (["--data", "xor", "--batch-size", "100000"], r"--batch-size: expected at most 320"),
-    (["--json", "/nonexistent-fnn-dir/r.json"], r"--json: folder /nonexistent-fnn-dir"),
-])
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--min-lr", "0"], r"--min-lr: expected a positive finite number, got 0.0"),
+        (["--max-lr", "nan"], r"--max-lr: expected a positive finite number"),
+        (["--min-lr", "1", "--max-lr", "0.5"], r"expected --min-lr < --max-lr, got 1.0 and 0.5"),
+        (["--steps", "5"], r"--steps: expected at least 10, got 5"),
+        (["--hidden", "8,x"], r"--hidden: expected comma-separated positive ints"),
+        (["--batch-size", "0"], r"--batch-size: expected a positive int, got 0"),
+        (["--activation", "swish"], r"--activation: unknown 'swish'"),
+        (["--loss", "hinge"], r"--loss: unknown 'hinge'"),
+        (["--data", "cifar"], r"--data: unknown dataset 'cifar'"),
+        (["--data", "xor", "--batch-size", "100000"], r"--batch-size: expected at most 320"),
+        (["--json", "/nonexistent-fnn-dir/r.json"], r"--json: folder /nonexistent-fnn-dir"),
+    ],
+)
 def test_bad_flags_exit_2_with_one_message(flags, match, tmp_path, capsys):
     code = cli.main(["lr-find", *flags, "--out", str(tmp_path / "o"), "--quiet"])
     err = capsys.readouterr().err
@@ -113,7 +163,20 @@ def test_help_lists_every_flag(capsys):
         cli.main(["lr-find", "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--data", "--hidden", "--activation", "--loss", "--optimizer", "--min-lr",
-                 "--max-lr", "--steps", "--batch-size", "--seed", "--out", "--json", "--quiet",
-                 "--debug"):
+    for flag in (
+        "--data",
+        "--hidden",
+        "--activation",
+        "--loss",
+        "--optimizer",
+        "--min-lr",
+        "--max-lr",
+        "--steps",
+        "--batch-size",
+        "--seed",
+        "--out",
+        "--json",
+        "--quiet",
+        "--debug",
+    ):
         assert flag in text, flag

@@ -35,9 +35,26 @@ def sweeps(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
     momentum = BASE + ["--optimizer", "momentum"]
     sweep = subprocess.run(
-        [sys.executable, "-m", "fnn.cli", "train", *momentum, "--seeds", "3", "--lr",
-         "0.05,0.2", "--out", str(tmp / "sweep"), "--json", str(tmp / "sweep.json")],
-        capture_output=True, text=True, timeout=300, env=ENV)
+        [
+            sys.executable,
+            "-m",
+            "fnn.cli",
+            "train",
+            *momentum,
+            "--seeds",
+            "3",
+            "--lr",
+            "0.05,0.2",
+            "--out",
+            str(tmp / "sweep"),
+            "--json",
+            str(tmp / "sweep.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert sweep.returncode == 0, sweep.stderr
     lines = {
         "m1": momentum + ["--seed", "1", "--lr", "0.2"],
@@ -47,29 +64,48 @@ def sweeps(tmp_path_factory):
         "ckpt": BASE + ["--seeds", "2", "--checkpoint-every", "1"],
         "devices": BASE + ["--lr", "0.1,0.2", "--devices", "2"],
     }
-    argv = [["train", *flags, "--quiet", "--out", str(tmp / name), "--json",
-             str(tmp / f"{name}.json")] for name, flags in lines.items()]
-    alone = subprocess.run([sys.executable, "-c", ALONE, json.dumps(argv)],
-                           capture_output=True, text=True, timeout=300, env=ENV)
+    argv = [
+        ["train", *flags, "--quiet", "--out", str(tmp / name), "--json", str(tmp / f"{name}.json")]
+        for name, flags in lines.items()
+    ]
+    alone = subprocess.run(
+        [sys.executable, "-c", ALONE, json.dumps(argv)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert alone.returncode == 0, alone.stderr
     codes = dict(zip(lines, json.loads(alone.stdout.strip().splitlines()[-1]), strict=True))
 
     def load(name):
         return json.loads((tmp / f"{name}.json").read_text())
 
-    return {"tmp": tmp, "stdout": sweep.stdout, "sweep": load("sweep"), "codes": codes,
-            "load": load}
+    return {
+        "tmp": tmp,
+        "stdout": sweep.stdout,
+        "sweep": load("sweep"),
+        "codes": codes,
+        "load": load,
+    }
 
 
 def test_sweep_json_table_and_outputs(sweeps):
     result = sweeps["sweep"]
     runs = result["runs"]
-    assert [(r["seed"], r["lr"]) for r in runs] == [(s, lr) for s in (0, 1, 2)
-                                                    for lr in (0.05, 0.2)]
+    assert [(r["seed"], r["lr"]) for r in runs] == [
+        (s, lr) for s in (0, 1, 2) for lr in (0.05, 0.2)
+    ]
     assert result["config"]["seeds"] == 3 and result["config"]["lr"] == [0.05, 0.2]
     for r in runs:
-        assert set(r["history"]) >= {"train_loss", "train_accuracy", "test_loss",
-                                     "test_accuracy", "lr", "seconds"}
+        assert set(r["history"]) >= {
+            "train_loss",
+            "train_accuracy",
+            "test_loss",
+            "test_accuracy",
+            "lr",
+            "seconds",
+        }
         assert all(len(v) == 3 for v in r["history"].values())
         assert r["history"]["lr"][0] > r["history"]["lr"][-1]  # the cosine schedule, per run
         assert 0.0 <= r["test_accuracy"] <= 1.0 and len(r["params_digest"]) == 64
@@ -106,15 +142,19 @@ def test_adam_sweep_matches_the_lone_run_to_round_off(sweeps):
     run = sweeps["load"]("adam_sweep")["runs"][1]
     alone = sweeps["load"]("adam1")
     assert run["seed"] == 1 and run["lr"] == alone["config"]["lr"][0]
-    np.testing.assert_allclose(run["history"]["train_loss"], alone["history"]["train_loss"],
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        run["history"]["train_loss"], alone["history"]["train_loss"], rtol=1e-4
+    )
     assert abs(run["test_accuracy"] - alone["test_accuracy"]) <= 0.02
 
 
-@pytest.mark.parametrize(("name", "pattern"), [
-    ("ckpt", "fnn train: error: --checkpoint-every: checkpoints are not supported for sweeps"),
-    ("devices", "fnn train: error: --devices: expected 1..1 (the devices JAX sees"),
-])
+@pytest.mark.parametrize(
+    ("name", "pattern"),
+    [
+        ("ckpt", "fnn train: error: --checkpoint-every: checkpoints are not supported for sweeps"),
+        ("devices", "fnn train: error: --devices: expected 1..1 (the devices JAX sees"),
+    ],
+)
 def test_refused_flags(sweeps, name, pattern):
     assert sweeps["codes"][name]["code"] == 2
     assert pattern in sweeps["codes"][name]["stderr"]

@@ -13,8 +13,13 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
 def fnn_train(*flags, timeout=240):
-    return subprocess.run([sys.executable, "-m", "fnn.cli", "train", *flags],
-                          capture_output=True, text=True, timeout=timeout, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "fnn.cli", "train", *flags],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+    )
 
 
 def test_default_run_reaches_097_on_digits(tmp_path):
@@ -36,15 +41,41 @@ def test_default_run_reaches_097_on_digits(tmp_path):
         assert (out / name).stat().st_size > 0, name
     assert [p.name for p in out.glob("ckpt-*.npz")] == [f"ckpt-{60 * 44:08d}.npz"]
     assert "test accuracy" in res.stdout and "device" in res.stdout  # the summary table
-    assert json.loads((out / "metrics.json").read_text())["params_digest"] == \
-        result["params_digest"]
+    assert (
+        json.loads((out / "metrics.json").read_text())["params_digest"] == result["params_digest"]
+    )
 
 
 def test_every_flag_end_to_end(tmp_path):
-    flags = ["--data", "moons", "--hidden", "8,8", "--activation", "tanh", "--loss",
-             "binary_cross_entropy", "--optimizer", "momentum", "--lr", "0.05", "--schedule",
-             "step", "--batch-size", "full", "--epochs", "4", "--seed", "3", "--grad",
-             "manual", "--devices", "1", "--quiet", "--on-nonfinite", "skip"]
+    flags = [
+        "--data",
+        "moons",
+        "--hidden",
+        "8,8",
+        "--activation",
+        "tanh",
+        "--loss",
+        "binary_cross_entropy",
+        "--optimizer",
+        "momentum",
+        "--lr",
+        "0.05",
+        "--schedule",
+        "step",
+        "--batch-size",
+        "full",
+        "--epochs",
+        "4",
+        "--seed",
+        "3",
+        "--grad",
+        "manual",
+        "--devices",
+        "1",
+        "--quiet",
+        "--on-nonfinite",
+        "skip",
+    ]
     a = fnn_train(*flags, "--out", str(tmp_path / "a"), "--json", str(tmp_path / "a.json"))
     assert a.returncode == 0, a.stderr
     assert a.stdout.strip() == ""  # --quiet
@@ -54,8 +85,13 @@ def test_every_flag_end_to_end(tmp_path):
     assert len(ra["history"]["train_loss"]) == 4
     assert ra["skipped"] == 0
     # Same flags, autodiff gradients: same learning, digest equal up to round-off only.
-    b = fnn_train(*[f if f != "manual" else "autodiff" for f in flags],
-                  "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json"))
+    b = fnn_train(
+        *[f if f != "manual" else "autodiff" for f in flags],
+        "--out",
+        str(tmp_path / "b"),
+        "--json",
+        str(tmp_path / "b.json"),
+    )
     assert b.returncode == 0, b.stderr
     rb = json.loads((tmp_path / "b.json").read_text())
     assert rb["history"]["train_loss"] == pytest.approx(ra["history"]["train_loss"], rel=1e-4)
@@ -89,8 +125,11 @@ def test_every_flag_end_to_end(tmp_path):
 def test_bad_flags_exit_2_with_one_message(flags, pattern, capsys, tmp_path):
     if "--resume" not in flags:
         flags = [*flags, "--out", str(tmp_path / "o")]
-    code = cli.main(["train", "--quiet", "--epochs", "1", *flags]
-                    if "--epochs" not in flags else ["train", "--quiet", *flags])
+    code = cli.main(
+        ["train", "--quiet", "--epochs", "1", *flags]
+        if "--epochs" not in flags
+        else ["train", "--quiet", *flags]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("fnn train: error: ")
@@ -114,5 +153,6 @@ def test_bad_flag_through_the_console_has_no_traceback(tmp_path):
     res = fnn_train("--hidden", "0", "--out", str(tmp_path / "o"), timeout=120)
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
-    assert res.stderr.strip() == ("fnn train: error: --hidden: every width must be a positive "
-                                  "int, got 0 in '0'")
+    assert res.stderr.strip() == (
+        "fnn train: error: --hidden: every width must be a positive int, got 0 in '0'"
+    )

@@ -116,7 +116,10 @@ def test_digits():
 
 
 def test_load_errors():
-    with pytest.raises(ValueError, match=r"unknown dataset 'mnsit'.*xor, moons, circles, spirals, digits, mnist:PATH"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown dataset 'mnsit'.*xor, moons, circles, spirals, digits, mnist:PATH",
+    ):
         data.load("mnsit")
     with pytest.raises(ValueError, match=r"'mnist' needs a path: mnist:PATH"):
         data.load("mnist")
@@ -167,8 +170,9 @@ def test_mnist_idx_folder(tmp_path, gz):
     assert ds.name == "mnist" and ds.feature_shape == (30,)
     assert ds.x_train.shape == (5, 30) and ds.x_test.shape == (3, 30)
     np.testing.assert_array_equal(ds.y_train, parts["train-labels-idx1-ubyte"])
-    np.testing.assert_allclose(ds.x_test, parts["t10k-images-idx3-ubyte"].reshape(3, 30) / 255.0,
-                               rtol=1e-7)
+    np.testing.assert_allclose(
+        ds.x_test, parts["t10k-images-idx3-ubyte"].reshape(3, 30) / 255.0, rtol=1e-7
+    )
     kept = data.mnist(tmp_path, flatten=False)
     assert kept.feature_shape == (6, 5)
     np.testing.assert_allclose(kept.x_train.mean(axis=0), 0.0, atol=1e-6)
@@ -207,20 +211,41 @@ def _valid(name):
 @pytest.mark.parametrize(
     ("file", "raw", "pattern"),
     [
-        ("train-images-idx3-ubyte", lambda: _valid("labels"),
-         r"train-images-idx3-ubyte: wrong magic number 0x00000801, expected 0x00000803"),
-        ("train-labels-idx1-ubyte", lambda: b"\x12\x34\x08\x01" + _valid("labels")[4:],
-         r"train-labels-idx1-ubyte: wrong magic number 0x12340801"),
-        ("train-images-idx3-ubyte", lambda: b"\x00\x00",
-         r"train-images-idx3-ubyte: only 2 bytes, too short for an IDX header"),
-        ("train-images-idx3-ubyte", lambda: _valid("images")[:10],
-         r"train-images-idx3-ubyte: corrupt header: 3 dimensions need 16 header bytes"),
-        ("t10k-images-idx3-ubyte", lambda: _valid("images")[:-7],
-         r"t10k-images-idx3-ubyte: truncated: header promises 5x6x5 = 150 data bytes, the file holds 143"),
-        ("t10k-labels-idx1-ubyte", lambda: _valid("labels") + b"\x00\x00",
-         r"t10k-labels-idx1-ubyte: size mismatch: .*holds 7 \(2 extra\)"),
-        ("train-labels-idx1-ubyte", lambda: idx_bytes(np.arange(4) % 10),
-         r"count mismatch: 5 images in train-images-idx3-ubyte but 4 labels in train-labels-idx1-ubyte"),
+        (
+            "train-images-idx3-ubyte",
+            lambda: _valid("labels"),
+            r"train-images-idx3-ubyte: wrong magic number 0x00000801, expected 0x00000803",
+        ),
+        (
+            "train-labels-idx1-ubyte",
+            lambda: b"\x12\x34\x08\x01" + _valid("labels")[4:],
+            r"train-labels-idx1-ubyte: wrong magic number 0x12340801",
+        ),
+        (
+            "train-images-idx3-ubyte",
+            lambda: b"\x00\x00",
+            r"train-images-idx3-ubyte: only 2 bytes, too short for an IDX header",
+        ),
+        (
+            "train-images-idx3-ubyte",
+            lambda: _valid("images")[:10],
+            r"train-images-idx3-ubyte: corrupt header: 3 dimensions need 16 header bytes",
+        ),
+        (
+            "t10k-images-idx3-ubyte",
+            lambda: _valid("images")[:-7],
+            r"t10k-images-idx3-ubyte: truncated: header promises 5x6x5 = 150 data bytes, the file holds 143",
+        ),
+        (
+            "t10k-labels-idx1-ubyte",
+            lambda: _valid("labels") + b"\x00\x00",
+            r"t10k-labels-idx1-ubyte: size mismatch: .*holds 7 \(2 extra\)",
+        ),
+        (
+            "train-labels-idx1-ubyte",
+            lambda: idx_bytes(np.arange(4) % 10),
+            r"count mismatch: 5 images in train-images-idx3-ubyte but 4 labels in train-labels-idx1-ubyte",
+        ),
     ],
 )
 def test_mnist_corrupt_files(tmp_path, file, raw, pattern):

@@ -68,8 +68,11 @@ def test_update_ratio():
 
 
 def test_grad_norms_keys_follow_dense_layers():
-    g = [{"w": jnp.full((2, 2), 3.0), "b": jnp.zeros(2)}, {}, {"w": jnp.ones((2, 1)),
-                                                                "b": jnp.zeros(1)}]
+    g = [
+        {"w": jnp.full((2, 2), 3.0), "b": jnp.zeros(2)},
+        {},
+        {"w": jnp.ones((2, 1)), "b": jnp.zeros(1)},
+    ]
     norms = diagnostics.grad_norms(g)
     assert list(norms) == ["[0]", "[2]"]
     assert float(norms["[0]"]) == pytest.approx(6.0)
@@ -86,8 +89,16 @@ def _blobs(n=256):
 def test_lr_find_suggests_a_rate_that_trains_and_stops_on_divergence(tmp_path):
     x, y = _blobs()
     model = fnn.mlp([2, 16, 3], activation="relu")
-    res = diagnostics.lr_find(model, "softmax_cross_entropy", (x, y), optimizer=optax.sgd,
-                              min_lr=1e-4, max_lr=1e4, steps=120, batch_size=32)
+    res = diagnostics.lr_find(
+        model,
+        "softmax_cross_entropy",
+        (x, y),
+        optimizer=optax.sgd,
+        min_lr=1e-4,
+        max_lr=1e4,
+        steps=120,
+        batch_size=32,
+    )
     assert res.diverged_at is not None  # 1e4 on SGD must blow up
     assert len(res.lrs) == res.diverged_at + 1
     assert np.all(np.diff(res.lrs) > 0)
@@ -118,14 +129,23 @@ def test_lr_find_bad_arguments():
 
 
 def test_plots_write_pngs(tmp_path):
-    hist = {"train_loss": [1.0, 0.5, 0.3], "test_loss": [1.1, 0.6, 0.4],
-            "train_accuracy": [0.5, 0.7, 0.9], "test_accuracy": [0.4, 0.6, 0.8]}
+    hist = {
+        "train_loss": [1.0, 0.5, 0.3],
+        "test_loss": [1.1, 0.6, 0.4],
+        "train_accuracy": [0.5, 0.7, 0.9],
+        "test_accuracy": [0.4, 0.6, 0.8],
+    }
     plots.training_curves(hist, tmp_path / "c.png", title="t")
     plots.curves({"a": [3, 2, 1], "b": [3, 1, 0.5]}, tmp_path / "d.png")
-    plots.bars({"relu": [1, 2], "sigmoid": [0.01, 1]}, tmp_path / "e.png",
-               xlabels=["l0", "l1"], ylabel="norm")
+    plots.bars(
+        {"relu": [1, 2], "sigmoid": [0.01, 1]},
+        tmp_path / "e.png",
+        xlabels=["l0", "l1"],
+        ylabel="norm",
+    )
     x, y = _blobs(30)
-    plots.decision_boundary(lambda pts: (pts[:, 0] > 0).astype(int), x, y, tmp_path / "f.png",
-                            resolution=20)
+    plots.decision_boundary(
+        lambda pts: (pts[:, 0] > 0).astype(int), x, y, tmp_path / "f.png", resolution=20
+    )
     for name in "cdef":
         assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"

@@ -19,14 +19,29 @@ import pytest
 from fnn import cli, parallel
 
 TIMEOUT = 120  # seconds per job; a normal job takes ~15 s on a loaded 2-core machine
-COMMON = ["train", "--data", "digits", "--hidden", "32", "--batch-size", "64", "--quiet",
-          "--schedule", "constant",
-          "--devices", "all"]
+COMMON = [
+    "train",
+    "--data",
+    "digits",
+    "--hidden",
+    "32",
+    "--batch-size",
+    "64",
+    "--quiet",
+    "--schedule",
+    "constant",
+    "--devices",
+    "all",
+]
 
 
 def _env(devices: int, **extra) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu", **extra)
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        **extra,
+    )
     env.pop("JAX_ENABLE_X64", None)  # the children run float32, as the comparison demands
     return env
 
@@ -43,10 +58,28 @@ def _fnn(args) -> list[str]:
 
 def _workers(args, json_paths, env, n=2):
     port = _free_port()
-    return [subprocess.Popen(
-        _fnn([*args, "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n),
-              "--process-id", str(i), "--json", str(json_paths[i])]),
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
+    return [
+        subprocess.Popen(
+            _fnn(
+                [
+                    *args,
+                    "--coordinator",
+                    f"127.0.0.1:{port}",
+                    "--num-processes",
+                    str(n),
+                    "--process-id",
+                    str(i),
+                    "--json",
+                    str(json_paths[i]),
+                ]
+            ),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
 
 
 def _finish(procs, timeout=TIMEOUT):
@@ -78,28 +111,47 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
     t0 = time.perf_counter()
     ref = subprocess.run(
-        _fnn([*COMMON, "--epochs", "4", "--out", str(tmp / "ref"), "--json",
-              str(tmp / "ref.json")]),
-        env=_env(4), capture_output=True, text=True, timeout=TIMEOUT)  # kills on timeout
+        _fnn(
+            [*COMMON, "--epochs", "4", "--out", str(tmp / "ref"), "--json", str(tmp / "ref.json")]
+        ),
+        env=_env(4),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )  # kills on timeout
     assert ref.returncode == 0, ref.stderr[-3000:]
     t1 = time.perf_counter()
     shared = tmp / "shared"  # one --out for both: process 0 writes, both read on --resume
     first = [tmp / f"a{i}.json" for i in range(2)]
-    for rc, err in _finish(_workers([*COMMON, "--epochs", "2", "--checkpoint-every", "1",
-                                     "--out", str(shared)], first, _env(2))):
+    for rc, err in _finish(
+        _workers(
+            [*COMMON, "--epochs", "2", "--checkpoint-every", "1", "--out", str(shared)],
+            first,
+            _env(2),
+        )
+    ):
         assert rc == 0, err[-3000:]
     t2 = time.perf_counter()
     ckpts = sorted(p.name for p in shared.glob("ckpt-*.npz"))
     resumed = [tmp / f"b{i}.json" for i in range(2)]
-    for rc, err in _finish(_workers([*COMMON, "--epochs", "4", "--checkpoint-every", "1",
-                                     "--resume", "--out", str(shared)], resumed, _env(2))):
+    for rc, err in _finish(
+        _workers(
+            [*COMMON, "--epochs", "4", "--checkpoint-every", "1", "--resume", "--out", str(shared)],
+            resumed,
+            _env(2),
+        )
+    ):
         assert rc == 0, err[-3000:]
     t3 = time.perf_counter()
     print(f"\nreference {t1 - t0:.1f} s, 2-process {t2 - t1:.1f} s, resumed {t3 - t2:.1f} s")
-    return {"ref": _load(tmp / "ref.json"), "a": [_load(p) for p in first],
-            "b": [_load(p) for p in resumed], "ckpts": ckpts,
-            "ref_params": dict(np.load(tmp / "ref" / "params.npz")),
-            "params": dict(np.load(shared / "params.npz"))}
+    return {
+        "ref": _load(tmp / "ref.json"),
+        "a": [_load(p) for p in first],
+        "b": [_load(p) for p in resumed],
+        "ckpts": ckpts,
+        "ref_params": dict(np.load(tmp / "ref" / "params.npz")),
+        "params": dict(np.load(shared / "params.npz")),
+    }
 
 
 def test_two_processes_match_one_process_with_four_devices(runs):
@@ -109,12 +161,18 @@ def test_two_processes_match_one_process_with_four_devices(runs):
             assert result["process"] == {"index": i, "count": 2}
             assert result["device"].startswith("cpu x4")
             for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
-                np.testing.assert_allclose(result["history"][key], ref[key][:stop], rtol=1e-5,
-                                           err_msg=f"job {name} process {i} {key}")
+                np.testing.assert_allclose(
+                    result["history"][key],
+                    ref[key][:stop],
+                    rtol=1e-5,
+                    err_msg=f"job {name} process {i} {key}",
+                )
     assert ref["train_loss"][-1] < ref["train_loss"][0]
     got = np.asarray(runs["b"][0]["history"]["train_loss"])
-    print(f"\nmax relative loss difference, 2x2 vs 1x4: "
-          f"{np.max(np.abs(got - ref['train_loss']) / np.abs(ref['train_loss'])):.2e}")
+    print(
+        f"\nmax relative loss difference, 2x2 vs 1x4: "
+        f"{np.max(np.abs(got - ref['train_loss']) / np.abs(ref['train_loss'])):.2e}"
+    )
     for k, v in runs["ref_params"].items():
         np.testing.assert_allclose(runs["params"][k], v, rtol=1e-4, atol=1e-6, err_msg=k)
 
@@ -139,11 +197,29 @@ def test_resumed_job_restores_the_checkpoint_on_both_processes(runs):
 @pytest.mark.parametrize("killed", [1, 0], ids=["worker", "coordinator"])
 def test_a_killed_peer_makes_the_survivor_abort(tmp_path, killed):
     out = tmp_path / "run"
-    args = ["train", "--data", "moons", "--hidden", "8", "--batch-size", "8", "--quiet",
-            "--devices", "all", "--epochs", "1000000", "--checkpoint-every", "1", "--keep", "1",
-            "--out", str(out)]
-    procs = _workers(args, [tmp_path / "k0.json", tmp_path / "k1.json"],
-                     _env(2, FNN_HEARTBEAT_TIMEOUT="3"))
+    args = [
+        "train",
+        "--data",
+        "moons",
+        "--hidden",
+        "8",
+        "--batch-size",
+        "8",
+        "--quiet",
+        "--devices",
+        "all",
+        "--epochs",
+        "1000000",
+        "--checkpoint-every",
+        "1",
+        "--keep",
+        "1",
+        "--out",
+        str(out),
+    ]
+    procs = _workers(
+        args, [tmp_path / "k0.json", tmp_path / "k1.json"], _env(2, FNN_HEARTBEAT_TIMEOUT="3")
+    )
     try:
         deadline = time.monotonic() + TIMEOUT
         while not list(out.glob("ckpt-*.npz")):  # both processes are training
@@ -168,13 +244,18 @@ def test_a_killed_peer_makes_the_survivor_abort(tmp_path, killed):
     assert waited < 30, f"the survivor took {waited:.1f} s to abort"
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--num-processes", "2"], "--coordinator: expected 'HOST:PORT', got None"),
-    (["--num-processes", "2", "--coordinator", "127.0.0.1:x"], "with a port in 1..65535"),
-    (["--num-processes", "2", "--process-id", "2", "--coordinator", "127.0.0.1:1"],
-     r"--process-id: expected an int in 0..1"),
-    (["--num-processes", "0"], "--num-processes: expected an int >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--num-processes", "2"], "--coordinator: expected 'HOST:PORT', got None"),
+        (["--num-processes", "2", "--coordinator", "127.0.0.1:x"], "with a port in 1..65535"),
+        (
+            ["--num-processes", "2", "--process-id", "2", "--coordinator", "127.0.0.1:1"],
+            r"--process-id: expected an int in 0..1",
+        ),
+        (["--num-processes", "0"], "--num-processes: expected an int >= 1, got 0"),
+    ],
+)
 def test_bad_process_flags_are_named(tmp_path, capsys, flags, message):
     code = cli.main(["train", "--data", "xor", "--quiet", "--out", str(tmp_path), *flags])
     assert code == 2

@@ -19,8 +19,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def run_example(name, tmp_path):
-    spec = importlib.util.spec_from_file_location(f"fnn_example_{name}",
-                                                  os.path.join(EXAMPLES, f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(
+        f"fnn_example_{name}", os.path.join(EXAMPLES, f"{name}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     result = module.main(["--quick", "--out", str(tmp_path)])
@@ -82,8 +83,12 @@ def test_softmax_probabilities_and_fused_gradient(tmp_path):
     assert h["T = 0.5"] < h["T = 1"] < h["T = 2"]  # temperature flattens
     g = r["gradients"]
     assert g["dtype"] == "float64" and g["ok"]
-    assert set(g["witnesses"]) == {"hand-written loss.grad", "chain through softmax's VJP",
-                                   "jax.grad", "finite differences"}
+    assert set(g["witnesses"]) == {
+        "hand-written loss.grad",
+        "chain through softmax's VJP",
+        "jax.grad",
+        "finite differences",
+    }
     assert g["witnesses"]["jax.grad"]["max_rel_err"] < 1e-12
     row = r["one_example"]
     np.testing.assert_allclose(row["jax.grad"], np.subtract(row["p"], row["onehot"]), atol=1e-6)
@@ -131,9 +136,13 @@ def test_manual_backward_matches_autodiff_and_finite_differences(tmp_path, capsy
 
 def test_a_script_runs_standalone_and_switches_x64_on(tmp_path):
     # As a script, softmax.py turns float64 on at start-up for its checks.
-    res = subprocess.run([sys.executable, os.path.join(EXAMPLES, "softmax.py"), "--quick",
-                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    res = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, "softmax.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert res.returncode == 0, res.stderr
     assert "for every witness (float64): ok" in res.stdout
     assert "vs finite differences" in res.stdout

@@ -15,8 +15,7 @@ def rel_err(a, b):
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(a) + np.abs(b), 1e-300)))
 
 
-def assert_backward_matches_vjp(layer, in_shape, batch=5, key=None, train=False, seed=0,
-                                jit=False):
+def assert_backward_matches_vjp(layer, in_shape, batch=5, key=None, train=False, seed=0, jit=False):
     k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
     out_shape, params = layer.init(k1, in_shape, jnp.float64)
     x = jax.random.normal(k2, (batch, *in_shape), jnp.float64)
@@ -93,7 +92,9 @@ def test_default_initialisers():
 def test_dense_bad_input():
     lin = layers.dense(3)
     _, p = lin.init(jax.random.key(0), (4,), jnp.float64)
-    with pytest.raises(ValueError, match=r"dense\(3\): input x must have shape \[batch, 4\], got \(2, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"dense\(3\): input x must have shape \[batch, 4\], got \(2, 5\)"
+    ):
         lin.apply(p, jnp.zeros((2, 5)))
     with pytest.raises(ValueError, match=r"shape \[batch, 4\], got \(4,\)"):
         lin.apply(p, jnp.zeros((4,)))

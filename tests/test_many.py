@@ -24,33 +24,58 @@ def _data(n=96, d=3, classes=3, seed=0, dtype=np.float64):
 
 def _rel(a, b) -> float:
     """Largest over leaves of max|a - b| / max|b| (a norm-wise relative difference)."""
-    return max(float(jnp.max(jnp.abs(u - v)) / jnp.max(jnp.abs(v)))
-               for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    return max(
+        float(jnp.max(jnp.abs(u - v)) / jnp.max(jnp.abs(v)))
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
 
 
 def _bitwise(a, b) -> bool:
-    return all(bool(jnp.all(u == v))
-               for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    return all(
+        bool(jnp.all(u == v)) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
 
 
-@pytest.mark.parametrize(("case", "seeds", "lrs", "grad", "dropout"), [
-    ("seeds and learning rates", [0, 1, 2], [1e-3, 1e-2, 5e-2], "autodiff", 0.0),
-    ("seeds, manual backprop, dropout", [5, 6], [0.02], "manual", 0.2),
-])
+@pytest.mark.parametrize(
+    ("case", "seeds", "lrs", "grad", "dropout"),
+    [
+        ("seeds and learning rates", [0, 1, 2], [1e-3, 1e-2, 5e-2], "autodiff", 0.0),
+        ("seeds, manual backprop, dropout", [5, 6], [0.02], "manual", 0.2),
+    ],
+)
 def test_each_run_equals_fit_float64(case, seeds, lrs, grad, dropout):
     model = fnn.mlp([3, 16, 3], "tanh", dropout=dropout, dtype=jnp.float64)
     data, test = _data(seed=1), _data(n=40, seed=2)
-    states, hists = many.fit_many(model, LOSS, optax.adam, data, epochs=2, batch_size=16,
-                                  seeds=seeds, hparams={"learning_rate": lrs}, eval_data=test,
-                                  grad=grad, progress=False)
+    states, hists = many.fit_many(
+        model,
+        LOSS,
+        optax.adam,
+        data,
+        epochs=2,
+        batch_size=16,
+        seeds=seeds,
+        hparams={"learning_rate": lrs},
+        eval_data=test,
+        grad=grad,
+        progress=False,
+    )
     k_runs = max(len(seeds), len(lrs))
     assert states.params[0]["w"].shape == (k_runs, 3, 16) and len(hists) == k_runs
     opts = {lr: optax.inject_hyperparams(optax.adam)(learning_rate=lr) for lr in lrs}
     for k in range(k_runs):
         seed, lr = seeds[k % len(seeds)], lrs[k % len(lrs)]
-        alone, hist = train.fit(model, LOSS, opts[lr], data, epochs=2, batch_size=16,
-                                key=jax.random.key(seed), eval_data=test, grad=grad,
-                                progress=False)
+        alone, hist = train.fit(
+            model,
+            LOSS,
+            opts[lr],
+            data,
+            epochs=2,
+            batch_size=16,
+            key=jax.random.key(seed),
+            eval_data=test,
+            grad=grad,
+            progress=False,
+        )
         run = many.take(states, k)
         assert _rel(run.params, alone.params) <= 1e-10, (case, k)
         assert _rel(run.opt_state, alone.opt_state) <= 1e-10, (case, k)
@@ -71,17 +96,36 @@ def test_float32_sweep_is_bitwise_fit_where_vmap_keeps_the_arithmetic():
     model = fnn.mlp([3, 16, 3], "relu", dtype=jnp.float32)
     data = _data(dtype=np.float32)
     lrs = [0.01, 0.05]
-    states, _ = many.fit_many(model, LOSS, factory, data, epochs=2, batch_size=16,
-                              seeds=[0, 1], hparams={"learning_rate": lrs}, progress=False)
+    states, _ = many.fit_many(
+        model,
+        LOSS,
+        factory,
+        data,
+        epochs=2,
+        batch_size=16,
+        seeds=[0, 1],
+        hparams={"learning_rate": lrs},
+        progress=False,
+    )
     for k, lr in enumerate(lrs):
         opt = optax.inject_hyperparams(factory)(learning_rate=lr)
-        alone, _ = train.fit(model, LOSS, opt, data, epochs=2, batch_size=16,
-                             key=jax.random.key(k), progress=False)
+        alone, _ = train.fit(
+            model, LOSS, opt, data, epochs=2, batch_size=16, key=jax.random.key(k), progress=False
+        )
         assert _bitwise(many.take(states.params, k), alone.params), k
     # Runs trained one group at a time (lax.map over groups of 1): the same bits.
-    grouped, _ = many.fit_many(model, LOSS, factory, data, epochs=2, batch_size=16,
-                               seeds=[0, 1], hparams={"learning_rate": lrs}, chunk=1,
-                               progress=False)
+    grouped, _ = many.fit_many(
+        model,
+        LOSS,
+        factory,
+        data,
+        epochs=2,
+        batch_size=16,
+        seeds=[0, 1],
+        hparams={"learning_rate": lrs},
+        chunk=1,
+        progress=False,
+    )
     assert _bitwise(grouped.params, states.params)
 
 
@@ -89,21 +133,41 @@ def test_shared_batches_and_per_run_data_float64():
     model = fnn.mlp([3, 8, 3], "tanh", dtype=jnp.float64)
     data = _data(seed=3)
     opt = optax.sgd(0.05)
-    states, _ = many.fit_many(model, LOSS, opt, data, epochs=2, batch_size=16,
-                              seeds=[0, 1], shuffle="shared", progress=False)
+    states, _ = many.fit_many(
+        model,
+        LOSS,
+        opt,
+        data,
+        epochs=2,
+        batch_size=16,
+        seeds=[0, 1],
+        shuffle="shared",
+        progress=False,
+    )
     for k in range(2):  # every run follows run 0's order: fit from run k's init, run 0's key
-        start = train.init_state(model.init(jax.random.key(k)), opt,
-                                 train.run_key(jax.random.key(0)))
-        alone, _ = train.fit(model, LOSS, opt, data, epochs=2, batch_size=16, key=None,
-                             init=start, progress=False)
+        start = train.init_state(
+            model.init(jax.random.key(k)), opt, train.run_key(jax.random.key(0))
+        )
+        alone, _ = train.fit(
+            model, LOSS, opt, data, epochs=2, batch_size=16, key=None, init=start, progress=False
+        )
         assert _rel(many.take(states.params, k), alone.params) <= 1e-10, k
     # One dataset per run: run k trains on its own (x, y).
     sets = [_data(seed=10), _data(seed=11)]
-    states, _ = many.fit_many(model, LOSS, opt, sets, epochs=1, batch_size=16, seeds=[7],
-                              progress=False)
+    states, _ = many.fit_many(
+        model, LOSS, opt, sets, epochs=1, batch_size=16, seeds=[7], progress=False
+    )
     for k in range(2):
-        alone, _ = train.fit(model, LOSS, opt, sets[k], epochs=1, batch_size=16,
-                             key=jax.random.key(7), progress=False)
+        alone, _ = train.fit(
+            model,
+            LOSS,
+            opt,
+            sets[k],
+            epochs=1,
+            batch_size=16,
+            key=jax.random.key(7),
+            progress=False,
+        )
         assert _rel(many.take(states.params, k), alone.params) <= 1e-10, k
 
 
@@ -111,11 +175,13 @@ def test_one_compiled_epoch_serves_new_hyperparameter_values(caplog):
     model = fnn.mlp([3, 8, 3], "tanh", dtype=jnp.float64)
     data = _data(seed=4)
     kw = dict(epochs=1, batch_size=32, seeds=[0, 1], progress=False)
-    first, _ = many.fit_many(model, LOSS, optax.adam, data, hparams={"learning_rate": [0.1, 0.2]},
-                             **kw)
+    first, _ = many.fit_many(
+        model, LOSS, optax.adam, data, hparams={"learning_rate": [0.1, 0.2]}, **kw
+    )
     with jax.log_compiles(), caplog.at_level(logging.WARNING):
-        again, _ = many.fit_many(model, LOSS, optax.adam, data,
-                                 hparams={"learning_rate": [0.3, 0.4]}, **kw)
+        again, _ = many.fit_many(
+            model, LOSS, optax.adam, data, hparams={"learning_rate": [0.3, 0.4]}, **kw
+        )
     assert not [r for r in caplog.records if "Compiling" in r.getMessage()]
     assert not _bitwise(first.params, again.params)
     np.testing.assert_array_equal(again.opt_state.hyperparams["learning_rate"], [0.3, 0.4])
@@ -125,10 +191,14 @@ def test_nonfinite_run_raises_naming_it_or_is_skipped():
     model = fnn.mlp([3, 8, 1], "tanh", dtype=jnp.float32)
     x, _ = _data(dtype=np.float32)
     y = x[:, :1] * 3.0
-    kw = dict(epochs=2, batch_size=16, seeds=[0], hparams={"learning_rate": [0.01, 1e10]},
-              progress=False)
-    with pytest.raises(train.NonFiniteError, match=r"in 1 of 2 runs \(run 1, learning_rate="
-                       r"10000000000.0\) at epoch 0") as info:
+    kw = dict(
+        epochs=2, batch_size=16, seeds=[0], hparams={"learning_rate": [0.01, 1e10]}, progress=False
+    )
+    with pytest.raises(
+        train.NonFiniteError,
+        match=r"in 1 of 2 runs \(run 1, learning_rate="
+        r"10000000000.0\) at epoch 0",
+    ) as info:
         many.fit_many(model, "mse", optax.sgd, (x, y), **kw)
     err = info.value
     assert err.runs == [1] and err.epoch == 0 and 0 <= err.step < 6
@@ -144,26 +214,46 @@ def test_memory_guard_and_estimate():
     data = _data()
     opt = optax.adam(1e-3)
     assert many.available_memory() > 0
-    budget = 2 ** 20
+    budget = 2**20
     fits = many.max_runs(model, opt, 16, n=96, memory=budget)
     assert 1 <= fits < 100
     assert many.max_runs(model, opt, 16, n=96, memory=2 * budget) >= 2 * fits
-    with pytest.raises(ValueError, match=rf"runs: a sweep of K={fits + 1} runs needs about "
-                       rf".* MiB per run .* budget is 1.0 MiB; run at most {fits} at once"):
-        many.fit_many(model, LOSS, opt, data, epochs=1, batch_size=16,
-                      seeds=range(fits + 1), memory=budget, progress=False)
+    with pytest.raises(
+        ValueError,
+        match=rf"runs: a sweep of K={fits + 1} runs needs about "
+        rf".* MiB per run .* budget is 1.0 MiB; run at most {fits} at once",
+    ):
+        many.fit_many(
+            model,
+            LOSS,
+            opt,
+            data,
+            epochs=1,
+            batch_size=16,
+            seeds=range(fits + 1),
+            memory=budget,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="not even one run fits"):
-        many.fit_many(model, LOSS, opt, data, epochs=1, batch_size=16, seeds=[0], memory=100,
-                      progress=False)
+        many.fit_many(
+            model, LOSS, opt, data, epochs=1, batch_size=16, seeds=[0], memory=100, progress=False
+        )
     # The estimate bounds what XLA allocates, and not wildly: per run, between 1x and 4x.
-    _, per_run = many._footprint(model, opt, 16, 96, shuffle="per_run", per_run_data=False,
-                                 eval_n=0, eval_batch=0, y_row=4)
+    _, per_run = many._footprint(
+        model, opt, 16, 96, shuffle="per_run", per_run_data=False, eval_n=0, eval_batch=0, y_row=4
+    )
     epoch = jax.jit(jax.vmap(train.make_epoch(model, LOSS, opt), in_axes=(0, None, None, 0)))
     x, y = (jnp.asarray(a) for a in data)
 
     def total(k):
-        st = jax.eval_shape(lambda: many.stack([train.init_state(
-            model.init(jax.random.key(i)), opt, jax.random.key(i)) for i in range(k)]))
+        st = jax.eval_shape(
+            lambda: many.stack(
+                [
+                    train.init_state(model.init(jax.random.key(i)), opt, jax.random.key(i))
+                    for i in range(k)
+                ]
+            )
+        )
         idx = jax.ShapeDtypeStruct((k, 6, 16), jnp.int32)
         m = epoch.lower(st, x, y, idx).compile().memory_analysis()
         return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
@@ -172,29 +262,55 @@ def test_memory_guard_and_estimate():
     assert actual <= per_run <= 4 * actual, (actual, per_run)
 
 
-@pytest.mark.parametrize(("kwargs", "error", "pattern"), [
-    (dict(optimizer=optax.adam(1e-3), hparams={"learning_rate": [0.1, 0.2]}), TypeError,
-     r"optimizer: hparams=\['learning_rate'\] need an optax factory"),
-    (dict(hparams={"learning_rate": [optax.constant_schedule(0.1)]}), TypeError,
-     r"hparams\['learning_rate'\]\[0\]: expected a number, got .*schedule cannot differ"),
-    (dict(hparams={"learning_rate": [0.1, 0.2]}, seeds=[0, 1, 2]), ValueError,
-     r"runs: every list must hold K values or one"),
-    (dict(keys=[jax.random.key(0)]), ValueError, r"keys, seeds: pass one of them"),
-    (dict(keys=[jax.random.key(0), 3], seeds=None), TypeError, r"keys\[1\]: expected a JAX PRNG key"),
-    (dict(optimizer=optax.adam, hparams=None), TypeError, r"a factory needs hparams"),
-    (dict(hparams={"lr": [0.1]}), TypeError, r"hparams: \['lr'\] do not fit the factory"),
-    (dict(shuffle="random"), ValueError, r"shuffle: expected one of \('per_run', 'shared'\)"),
-    (dict(data=[_data(n=96), _data(n=80)]), ValueError,
-     r"data\[1\]: every run's data must have the same shapes"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        (
+            dict(optimizer=optax.adam(1e-3), hparams={"learning_rate": [0.1, 0.2]}),
+            TypeError,
+            r"optimizer: hparams=\['learning_rate'\] need an optax factory",
+        ),
+        (
+            dict(hparams={"learning_rate": [optax.constant_schedule(0.1)]}),
+            TypeError,
+            r"hparams\['learning_rate'\]\[0\]: expected a number, got .*schedule cannot differ",
+        ),
+        (
+            dict(hparams={"learning_rate": [0.1, 0.2]}, seeds=[0, 1, 2]),
+            ValueError,
+            r"runs: every list must hold K values or one",
+        ),
+        (dict(keys=[jax.random.key(0)]), ValueError, r"keys, seeds: pass one of them"),
+        (
+            dict(keys=[jax.random.key(0), 3], seeds=None),
+            TypeError,
+            r"keys\[1\]: expected a JAX PRNG key",
+        ),
+        (dict(optimizer=optax.adam, hparams=None), TypeError, r"a factory needs hparams"),
+        (dict(hparams={"lr": [0.1]}), TypeError, r"hparams: \['lr'\] do not fit the factory"),
+        (dict(shuffle="random"), ValueError, r"shuffle: expected one of \('per_run', 'shared'\)"),
+        (
+            dict(data=[_data(n=96), _data(n=80)]),
+            ValueError,
+            r"data\[1\]: every run's data must have the same shapes",
+        ),
+    ],
+)
 def test_bad_input_is_named(kwargs, error, pattern):
     model = fnn.mlp([3, 8, 3], dtype=jnp.float64)
-    args = dict(optimizer=optax.adam, data=_data(), hparams={"learning_rate": [0.1]},
-                seeds=[0])
+    args = dict(optimizer=optax.adam, data=_data(), hparams={"learning_rate": [0.1]}, seeds=[0])
     args.update(kwargs)
     with pytest.raises(error, match=pattern):
-        many.fit_many(model, LOSS, args.pop("optimizer"), args.pop("data"), epochs=1,
-                      batch_size=16, progress=False, **args)
+        many.fit_many(
+            model,
+            LOSS,
+            args.pop("optimizer"),
+            args.pop("data"),
+            epochs=1,
+            batch_size=16,
+            progress=False,
+            **args,
+        )
 
 
 SPLIT = r"""
@@ -233,10 +349,14 @@ def test_runs_split_over_devices_train_as_on_one():
     import subprocess
     import sys
 
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    res = subprocess.run([sys.executable, "-c", SPLIT], capture_output=True, text=True,
-                         timeout=240, env=env)
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    }
+    res = subprocess.run(
+        [sys.executable, "-c", SPLIT], capture_output=True, text=True, timeout=240, env=env
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["devices"] == 2 and out["same"], out
@@ -256,6 +376,15 @@ def test_compiled_start_of_many_runs_is_fits_start(monkeypatch):
     eager = many.stack([many._init_one(model, o, k) for o, k in zip(opts, keys, strict=True)])
     assert many._leaves_equal(compiled, eager)
     monkeypatch.setattr(many, "EAGER_INIT_RUNS", 1)
-    states, _ = many.fit_many(model, LOSS, optax.adam, _data(), epochs=0, batch_size=16,
-                              keys=keys, hparams=hp, progress=False)
+    states, _ = many.fit_many(
+        model,
+        LOSS,
+        optax.adam,
+        _data(),
+        epochs=0,
+        batch_size=16,
+        keys=keys,
+        hparams=hp,
+        progress=False,
+    )
     assert many._leaves_equal(states, eager)

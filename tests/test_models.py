@@ -18,8 +18,13 @@ def test_mlp_structure_and_init_choice():
     model = fnn.mlp([5, 7, 3, 2], activation="relu", dtype=jnp.float64)
     params = model.init(jax.random.key(0))
     shapes = [{k: v.shape for k, v in p.items()} for p in params]
-    assert shapes == [{"w": (5, 7), "b": (7,)}, {}, {"w": (7, 3), "b": (3,)}, {},
-                      {"w": (3, 2), "b": (2,)}]
+    assert shapes == [
+        {"w": (5, 7), "b": (7,)},
+        {},
+        {"w": (7, 3), "b": (3,)},
+        {},
+        {"w": (3, 2), "b": (2,)},
+    ]
     assert all(v.dtype == jnp.float64 for v in jax.tree.leaves(params))
     assert model.in_shape == (5,) and model.out_shape == (2,)
     # Biases start at zero.
@@ -75,14 +80,21 @@ def test_mlp_unknown_activation():
 def test_model_checks_input_and_params():
     model = fnn.mlp([4, 8, 3], dtype=jnp.float64)
     params = model.init(jax.random.key(0))
-    with pytest.raises(ValueError, match=r"x: expected shape \[batch, 4\] for layer 0.*got \(2, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"x: expected shape \[batch, 4\] for layer 0.*got \(2, 5\)"
+    ):
         model.apply(params, jnp.zeros((2, 5)))
     with pytest.raises(TypeError, match=r"x: expected a floating dtype, got int"):
         model.apply(params, jnp.zeros((2, 4), jnp.int32))
     other = fnn.mlp([4, 9, 3], dtype=jnp.float64).init(jax.random.key(0))
-    with pytest.raises(ValueError, match=r"params\[0\]\['b'\] \(layer 0, dense\(8\)\): expected shape \(8,\), got \(9,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"params\[0\]\['b'\] \(layer 0, dense\(8\)\): expected shape \(8,\), got \(9,\)",
+    ):
         model.apply(other, jnp.zeros((2, 4)))
-    with pytest.raises(ValueError, match=r"one entry per layer \(3: dense\(8\), relu, dense\(3\)\)"):
+    with pytest.raises(
+        ValueError, match=r"one entry per layer \(3: dense\(8\), relu, dense\(3\)\)"
+    ):
         model.apply(params[:2], jnp.zeros((2, 4)))
     broken = [params[0], {"w": params[0]["w"]}, params[2]]
     with pytest.raises(ValueError, match=r"params\[1\] \(layer 1, relu\): expected no arrays"):

@@ -47,12 +47,14 @@ CHILD = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def child():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
     env.pop("JAX_ENABLE_X64", None)  # the child runs float32, as the comparison demands
     try:
-        proc = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
-                              env=env, timeout=240)  # kills the child on timeout
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=240
+        )  # kills the child on timeout
     except subprocess.TimeoutExpired as err:
         pytest.fail(f"multi-device child hung and was killed after {err.timeout} s")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -30,16 +30,19 @@ def test_every_optimizer_descends_and_exposes_its_learning_rate(name):
     assert float(optim.learning_rate(state)) == pytest.approx(0.05)
 
 
-@pytest.mark.parametrize("name,reference", [
-    ("gd", lambda: optax.sgd(0.05)),
-    ("sgd", lambda: optax.sgd(0.05)),
-    ("momentum", lambda: optax.sgd(0.05, momentum=0.9)),
-    ("nesterov", lambda: optax.sgd(0.05, momentum=0.9, nesterov=True)),
-    ("adam", lambda: optax.adam(0.05)),
-    ("adamw", lambda: optax.adamw(0.05, weight_decay=1e-4)),
-    ("rmsprop", lambda: optax.rmsprop(0.05)),
-    ("adagrad", lambda: optax.adagrad(0.05)),
-])
+@pytest.mark.parametrize(
+    "name,reference",
+    [
+        ("gd", lambda: optax.sgd(0.05)),
+        ("sgd", lambda: optax.sgd(0.05)),
+        ("momentum", lambda: optax.sgd(0.05, momentum=0.9)),
+        ("nesterov", lambda: optax.sgd(0.05, momentum=0.9, nesterov=True)),
+        ("adam", lambda: optax.adam(0.05)),
+        ("adamw", lambda: optax.adamw(0.05, weight_decay=1e-4)),
+        ("rmsprop", lambda: optax.rmsprop(0.05)),
+        ("adagrad", lambda: optax.adagrad(0.05)),
+    ],
+)
 def test_each_name_is_the_optax_recipe(name, reference):
     _, w, _ = descend(optim.get(name, 0.05), steps=5)
     _, w_ref, _ = descend(reference(), steps=5)
@@ -59,7 +62,7 @@ def test_schedules_take_the_documented_values():
     assert warm(0) == pytest.approx(0.0, abs=1e-12) and warm(10) == pytest.approx(0.1)
     assert warm(5) == pytest.approx(0.05)
     exp = rate(schedule="exponential", decay_rate=0.5)
-    assert exp(100) == pytest.approx(0.05) and exp(50) == pytest.approx(0.1 * 0.5 ** 0.5)
+    assert exp(100) == pytest.approx(0.05) and exp(50) == pytest.approx(0.1 * 0.5**0.5)
     step = rate(schedule="step", boundaries=[20, 60])
     assert [step(c) for c in (19, 20, 59, 60)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
     default_step = rate(schedule="step")  # drops at half and three quarters
@@ -69,8 +72,7 @@ def test_schedules_take_the_documented_values():
 def _at(opt, count):
     """The optimizer state with its step counters set to ``count``."""
     state = opt.init({"w": jnp.zeros(1)})
-    return jax.tree.map(
-        lambda a: jnp.full_like(a, count) if a.dtype == jnp.int32 else a, state)
+    return jax.tree.map(lambda a: jnp.full_like(a, count) if a.dtype == jnp.int32 else a, state)
 
 
 def test_clipping_bounds_the_update_norm():
@@ -101,24 +103,41 @@ def test_learning_rate_is_none_without_inject_hyperparams():
     assert float(optim.learning_rate(wrapped.init(jnp.zeros(2)))) == pytest.approx(0.3)
 
 
-@pytest.mark.parametrize("args,kwargs,match", [
-    (("adamax", 0.1), {}, r"unknown 'adamax'; expected one of: gd, sgd, momentum, nesterov, "
-                          r"adam, adamw, rmsprop, adagrad"),
-    (("adam", 0.0), {}, r"lr: expected a learning rate > 0, got 0\.0"),
-    (("adam", -1), {}, r"lr: expected a learning rate > 0"),
-    (("adam", 0.1), {"schedule": "linear"}, r"schedule: unknown 'linear'; expected one of: "
-                                            r"constant, cosine"),
-    (("adam", 0.1), {"schedule": "cosine"}, r"steps: the 'cosine' schedule needs"),
-    (("adam", 0.1), {"schedule": "cosine", "steps": 0}, r"steps: expected a positive int"),
-    (("adam", 0.1), {"warmup": 5}, r"warmup: only the 'warmup_cosine' schedule"),
-    (("adam", 0.1), {"schedule": "warmup_cosine", "steps": 10, "warmup": 10},
-     r"warmup: expected fewer warm-up steps than steps=10"),
-    (("momentum", 0.1), {"momentum": 1.0}, r"momentum: expected a value in \[0, 1\)"),
-    (("sgd", 0.1), {"clip_norm": 0}, r"clip_norm: expected a value > 0"),
-    (("sgd", 0.1), {"weight_decay": -1}, r"weight_decay: expected a value >= 0"),
-    (("adam", 0.1), {"schedule": "exponential", "steps": 5, "decay_rate": 2},
-     r"decay_rate: expected a value in \(0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "args,kwargs,match",
+    [
+        (
+            ("adamax", 0.1),
+            {},
+            r"unknown 'adamax'; expected one of: gd, sgd, momentum, nesterov, "
+            r"adam, adamw, rmsprop, adagrad",
+        ),
+        (("adam", 0.0), {}, r"lr: expected a learning rate > 0, got 0\.0"),
+        (("adam", -1), {}, r"lr: expected a learning rate > 0"),
+        (
+            ("adam", 0.1),
+            {"schedule": "linear"},
+            r"schedule: unknown 'linear'; expected one of: "
+            r"constant, cosine",
+        ),
+        (("adam", 0.1), {"schedule": "cosine"}, r"steps: the 'cosine' schedule needs"),
+        (("adam", 0.1), {"schedule": "cosine", "steps": 0}, r"steps: expected a positive int"),
+        (("adam", 0.1), {"warmup": 5}, r"warmup: only the 'warmup_cosine' schedule"),
+        (
+            ("adam", 0.1),
+            {"schedule": "warmup_cosine", "steps": 10, "warmup": 10},
+            r"warmup: expected fewer warm-up steps than steps=10",
+        ),
+        (("momentum", 0.1), {"momentum": 1.0}, r"momentum: expected a value in \[0, 1\)"),
+        (("sgd", 0.1), {"clip_norm": 0}, r"clip_norm: expected a value > 0"),
+        (("sgd", 0.1), {"weight_decay": -1}, r"weight_decay: expected a value >= 0"),
+        (
+            ("adam", 0.1),
+            {"schedule": "exponential", "steps": 5, "decay_rate": 2},
+            r"decay_rate: expected a value in \(0, 1\]",
+        ),
+    ],
+)
 def test_bad_settings_are_named(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         optim.get(*args, **kwargs)

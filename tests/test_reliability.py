@@ -17,8 +17,25 @@ import pytest
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 # 400 moons examples, batch 8: 50 steps per epoch, a checkpoint after every epoch.
-RUN = ["--data", "moons", "--hidden", "16", "--epochs", "40", "--batch-size", "8",
-       "--optimizer", "adam", "--lr", "0.01", "--seed", "5", "--quiet", "--keep", "2"]
+RUN = [
+    "--data",
+    "moons",
+    "--hidden",
+    "16",
+    "--epochs",
+    "40",
+    "--batch-size",
+    "8",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "0.01",
+    "--seed",
+    "5",
+    "--quiet",
+    "--keep",
+    "2",
+]
 
 
 def cmd(*flags):
@@ -33,8 +50,13 @@ def digest(json_path):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     d = tmp_path_factory.mktemp("ref")
-    res = subprocess.run(cmd(*RUN, "--out", str(d / "out"), "--json", str(d / "r.json")),
-                         capture_output=True, text=True, timeout=180, env=ENV)
+    res = subprocess.run(
+        cmd(*RUN, "--out", str(d / "out"), "--json", str(d / "r.json")),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=ENV,
+    )
     assert res.returncode == 0, res.stderr
     return json.loads((d / "r.json").read_text())
 
@@ -42,16 +64,25 @@ def reference(tmp_path_factory):
 def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path, reference):
     out = str(tmp_path / "out")
     # Stop after 15 of the 40 epochs (a checkpoint every 5), then resume to the end.
-    first = subprocess.run(cmd(*RUN, "--checkpoint-every", "5", "--out", out),
-                           capture_output=True, text=True, timeout=180, env=ENV)
+    first = subprocess.run(
+        cmd(*RUN, "--checkpoint-every", "5", "--out", out),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=ENV,
+    )
     assert first.returncode == 0, first.stderr
     # Roll back to the epoch-15 checkpoint by deleting later ones, as if killed there.
     ckpts = sorted(f for f in os.listdir(out) if f.startswith("ckpt-"))
     assert len(ckpts) == 2  # --keep 2
     os.remove(os.path.join(out, ckpts[-1]))
-    res = subprocess.run(cmd("--resume", "--out", out, "--quiet", "--json",
-                             str(tmp_path / "r.json")),
-                         capture_output=True, text=True, timeout=180, env=ENV)
+    res = subprocess.run(
+        cmd("--resume", "--out", out, "--quiet", "--json", str(tmp_path / "r.json")),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=ENV,
+    )
     assert res.returncode == 0, res.stderr
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["params_digest"] == reference["params_digest"]
@@ -66,8 +97,12 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, reference):
     kills = resumes = 0
     deadline = time.monotonic() + 100
     while kills < 20 and time.monotonic() < deadline:
-        proc = subprocess.Popen(cmd(*RUN, "--checkpoint-every", "1", "--resume", "--out", out),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+        proc = subprocess.Popen(
+            cmd(*RUN, "--checkpoint-every", "1", "--resume", "--out", out),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=ENV,
+        )
         time.sleep(rng.uniform(1.0, 3.0))  # start-up is ~1.5-2.5 s, then epochs of ~10 ms
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -76,9 +111,22 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, reference):
         assert "Traceback" not in err, err  # every resume before the kill worked
         resumes += 1
     assert kills >= 20, f"only {kills} kills landed in time"
-    final = subprocess.run(cmd(*RUN, "--checkpoint-every", "1", "--resume", "--out", out,
-                               "--json", str(tmp_path / "r.json")),
-                           capture_output=True, text=True, timeout=180, env=ENV)
+    final = subprocess.run(
+        cmd(
+            *RUN,
+            "--checkpoint-every",
+            "1",
+            "--resume",
+            "--out",
+            out,
+            "--json",
+            str(tmp_path / "r.json"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=ENV,
+    )
     assert final.returncode == 0, final.stderr
     assert digest(tmp_path / "r.json") == reference["params_digest"]
     print(f"{kills} SIGKILLs survived over {resumes} runs")
@@ -87,8 +135,13 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, reference):
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path, reference):
     out = str(tmp_path / "out")
     run = [*RUN[:5], "400", *RUN[6:]]  # 400 epochs: still running when interrupted
-    proc = subprocess.Popen(cmd(*run, "--checkpoint-every", "100", "--out", out),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        cmd(*run, "--checkpoint-every", "100", "--out", out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     for _ in range(200):  # wait until training is under way (first checkpoint written)
         time.sleep(0.05)
         if os.path.isdir(out) and any(f.startswith("ckpt-") for f in os.listdir(out)):
@@ -106,10 +159,29 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, reference):
 
 def test_nonfinite_raise_names_epoch_and_saves_last_finite_state(tmp_path):
     out = tmp_path / "out"
-    res = subprocess.run(cmd("--data", "moons", "--hidden", "8", "--epochs", "5",
-                             "--optimizer", "sgd", "--lr", "1e30", "--loss", "mse",
-                             "--quiet", "--out", str(out)),
-                         capture_output=True, text=True, timeout=180, env=ENV)
+    res = subprocess.run(
+        cmd(
+            "--data",
+            "moons",
+            "--hidden",
+            "8",
+            "--epochs",
+            "5",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e30",
+            "--loss",
+            "mse",
+            "--quiet",
+            "--out",
+            str(out),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=ENV,
+    )
     assert res.returncode == 1
     assert "Traceback" not in res.stderr
     assert "non-finite" in res.stderr and "epoch 0, step" in res.stderr
@@ -119,11 +191,32 @@ def test_nonfinite_raise_names_epoch_and_saves_last_finite_state(tmp_path):
 
 
 def test_nonfinite_skip_counts_skipped_steps(tmp_path):
-    res = subprocess.run(cmd("--data", "moons", "--hidden", "8", "--epochs", "3",
-                             "--optimizer", "sgd", "--lr", "1e30", "--loss", "mse",
-                             "--on-nonfinite", "skip", "--out", str(tmp_path / "o"),
-                             "--json", str(tmp_path / "r.json")),
-                         capture_output=True, text=True, timeout=180, env=ENV)
+    res = subprocess.run(
+        cmd(
+            "--data",
+            "moons",
+            "--hidden",
+            "8",
+            "--epochs",
+            "3",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e30",
+            "--loss",
+            "mse",
+            "--on-nonfinite",
+            "skip",
+            "--out",
+            str(tmp_path / "o"),
+            "--json",
+            str(tmp_path / "r.json"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=ENV,
+    )
     assert res.returncode == 0, res.stderr
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["skipped"] > 0

@@ -30,8 +30,10 @@ def blobs(n, seed=0, dtype=np.float32):
 
 
 def leaves_equal(a, b):
-    return all(np.array_equal(np.asarray(u), np.asarray(v))
-               for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    return all(
+        np.array_equal(np.asarray(u), np.asarray(v))
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,8 +54,9 @@ def test_manual_and_autodiff_steps_agree_after_50_adam_steps(dropout):
             state, metrics = step(state, x[i], y[i])
         assert int(state.step) == 50
         params[grad] = state.params
-    for a, m in zip(jax.tree.leaves(params["autodiff"]), jax.tree.leaves(params["manual"]),
-                    strict=True):
+    for a, m in zip(
+        jax.tree.leaves(params["autodiff"]), jax.tree.leaves(params["manual"]), strict=True
+    ):
         rel = float(jnp.max(jnp.abs(a - m)) / jnp.max(jnp.abs(a)))
         assert rel <= 1e-8, rel
 
@@ -73,7 +76,7 @@ def test_step_metrics_are_measured_before_the_update_and_state_is_donated():
     assert set(metrics) == {"loss", "grad_norm", "accuracy"}
     np.testing.assert_allclose(metrics["loss"], expected_loss, rtol=1e-12)
     np.testing.assert_allclose(metrics["accuracy"], expected_acc, rtol=1e-12)
-    norm = jnp.sqrt(sum(jnp.sum(leaf ** 2) for leaf in jax.tree.leaves(g)))
+    norm = jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(g)))
     np.testing.assert_allclose(metrics["grad_norm"], norm, rtol=1e-12)
     np.testing.assert_allclose(new.params[0]["w"], expected_w, rtol=1e-12)
     assert old_w.is_deleted()  # the input state's buffers (and init_state's params) were donated
@@ -101,11 +104,11 @@ def test_epoch_compiles_once_across_epochs_and_fit_calls():
     # New key, new data of the same shapes, a params init: still the same compiled epoch.
     x2, y2 = blobs(100, seed=1)
     train.fit(model, loss, opt, (x2, y2), epochs=2, key=jax.random.key(1), **kw)
-    train.fit(model, loss, opt, (x2, y2), epochs=2, key=jax.random.key(1), init=state.params,
-              **kw)
+    train.fit(model, loss, opt, (x2, y2), epochs=2, key=jax.random.key(1), init=state.params, **kw)
     assert calls[0] == 1
-    train.fit(model, loss, opt, (x2, y2), epochs=1, key=jax.random.key(1), batch_size=16,
-              progress=False)
+    train.fit(
+        model, loss, opt, (x2, y2), epochs=1, key=jax.random.key(1), batch_size=16, progress=False
+    )
     assert calls[0] == 2  # a new batch size is a new shape: one more trace, as expected
 
 
@@ -113,13 +116,27 @@ def test_fit_learns_a_nonlinear_classification():
     model = fnn.mlp([2, 32, 2], activation="tanh")
     x, y = blobs(512)
     xt, yt = blobs(256, seed=1)
-    state, hist = train.fit(model, "softmax_cross_entropy", optim.get("adam", 0.02), (x, y),
-                            epochs=40, batch_size=32, key=jax.random.key(0),
-                            eval_data=(xt, yt), progress=False)
+    state, hist = train.fit(
+        model,
+        "softmax_cross_entropy",
+        optim.get("adam", 0.02),
+        (x, y),
+        epochs=40,
+        batch_size=32,
+        key=jax.random.key(0),
+        eval_data=(xt, yt),
+        progress=False,
+    )
     assert hist["eval_accuracy"][-1] >= 0.93  # chance is 0.5; seeds 0-3 give 0.949-0.961
     assert hist["train_loss"][-1] < 0.25 * hist["train_loss"][0]
-    assert set(hist) == {"train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "lr",
-                         "seconds"}
+    assert set(hist) == {
+        "train_loss",
+        "train_accuracy",
+        "eval_loss",
+        "eval_accuracy",
+        "lr",
+        "seconds",
+    }
     assert all(len(v) == 40 for v in hist.values())
     final = train.evaluate(model, "softmax_cross_entropy", state.params, (xt, yt), 100)
     assert final["accuracy"] == pytest.approx(hist["eval_accuracy"][-1], abs=1e-6)
@@ -129,14 +146,24 @@ def test_full_batch_gd_and_sgd_step_counts():
     model = fnn.mlp([2, 4, 2], activation="tanh")
     x, y = blobs(8)
     opt = optim.get("gd", 0.1)
-    s, h = train.fit(model, CE, opt, (x, y), epochs=3, batch_size=None, key=jax.random.key(0),
-                     progress=False)
+    s, h = train.fit(
+        model, CE, opt, (x, y), epochs=3, batch_size=None, key=jax.random.key(0), progress=False
+    )
     assert int(s.step) == 3
-    s, h = train.fit(model, CE, opt, (x, y), epochs=2, batch_size="full",
-                     key=jax.random.key(0), progress=False)
+    s, h = train.fit(
+        model, CE, opt, (x, y), epochs=2, batch_size="full", key=jax.random.key(0), progress=False
+    )
     assert int(s.step) == 2
-    s, h = train.fit(model, CE, optim.get("sgd", 0.1), (x, y), epochs=2, batch_size=1,
-                     key=jax.random.key(0), progress=False)
+    s, h = train.fit(
+        model,
+        CE,
+        optim.get("sgd", 0.1),
+        (x, y),
+        epochs=2,
+        batch_size=1,
+        key=jax.random.key(0),
+        progress=False,
+    )
     assert int(s.step) == 16
 
 
@@ -144,13 +171,22 @@ def test_lr_history_follows_the_schedule_and_is_absent_for_plain_optax():
     model = fnn.mlp([2, 4, 2], activation="tanh")
     x, y = blobs(64)
     opt = optim.get("sgd", 0.5, schedule="cosine", steps=8)
-    _, h = train.fit(model, CE, opt, (x, y), epochs=4, batch_size=32, key=jax.random.key(0),
-                     progress=False)
+    _, h = train.fit(
+        model, CE, opt, (x, y), epochs=4, batch_size=32, key=jax.random.key(0), progress=False
+    )
     sched = optax.cosine_decay_schedule(0.5, 8)
     # the rate of each epoch's last update: steps 1, 3, 5, 7
     np.testing.assert_allclose(h["lr"], [float(sched(i)) for i in (1, 3, 5, 7)], rtol=1e-6)
-    _, h = train.fit(model, CE, optax.sgd(0.5), (x, y), epochs=1, batch_size=32,
-                     key=jax.random.key(0), progress=False)
+    _, h = train.fit(
+        model,
+        CE,
+        optax.sgd(0.5),
+        (x, y),
+        epochs=1,
+        batch_size=32,
+        key=jax.random.key(0),
+        progress=False,
+    )
     assert "lr" not in h
 
 
@@ -158,8 +194,11 @@ def test_same_key_gives_bitwise_identical_params_and_another_key_does_not():
     model = fnn.mlp([2, 16, 2], activation="relu", dropout=0.2)
     x, y = blobs(96)
     opt = optim.get("adam", 1e-2)
-    run = lambda k: train.fit(model, CE, opt, (x, y), epochs=3, batch_size=16,
-                              key=jax.random.key(k), progress=False)[0].params
+    run = lambda k: (
+        train.fit(
+            model, CE, opt, (x, y), epochs=3, batch_size=16, key=jax.random.key(k), progress=False
+        )[0].params
+    )
     a, b, c = run(0), run(0), run(1)
     assert leaves_equal(a, b)
     assert not leaves_equal(a, c)
@@ -189,16 +228,35 @@ def test_fit_does_not_consume_the_callers_params():
     model = fnn.mlp([2, 4, 2], activation="tanh")
     params = model.init(jax.random.key(5))
     before = [np.asarray(a).copy() for a in jax.tree.leaves(params)]
-    train.fit(model, CE, optax.sgd(0.1), blobs(32), epochs=1, batch_size=8,
-              key=jax.random.key(0), init=params, progress=False)
-    assert all(np.array_equal(a, np.asarray(b)) for a, b in
-               zip(before, jax.tree.leaves(params), strict=True))
+    train.fit(
+        model,
+        CE,
+        optax.sgd(0.1),
+        blobs(32),
+        epochs=1,
+        batch_size=8,
+        key=jax.random.key(0),
+        init=params,
+        progress=False,
+    )
+    assert all(
+        np.array_equal(a, np.asarray(b))
+        for a, b in zip(before, jax.tree.leaves(params), strict=True)
+    )
 
 
 def test_progress_bar_shows_epochs(capsys):
     model = fnn.mlp([2, 4, 2], activation="tanh")
-    train.fit(model, CE, optax.sgd(0.1), blobs(32), epochs=2, batch_size=8,
-              key=jax.random.key(0), progress=True)
+    train.fit(
+        model,
+        CE,
+        optax.sgd(0.1),
+        blobs(32),
+        epochs=2,
+        batch_size=8,
+        key=jax.random.key(0),
+        progress=True,
+    )
     out = capsys.readouterr()
     assert "epoch" in out.out + out.err and "2/2" in out.out + out.err
 
@@ -207,8 +265,9 @@ def test_progress_bar_shows_epochs(capsys):
 # evaluate
 
 
-@pytest.mark.parametrize("name,outputs", [("softmax_cross_entropy", 3),
-                                          ("binary_cross_entropy", 1), ("mse", 2)])
+@pytest.mark.parametrize(
+    "name,outputs", [("softmax_cross_entropy", 3), ("binary_cross_entropy", 1), ("mse", 2)]
+)
 def test_evaluate_is_exact_on_a_size_that_is_not_a_multiple_of_the_batch(name, outputs):
     loss = losses.get(name)
     model = fnn.mlp([4, 8, outputs], activation="tanh", dtype=jnp.float64)
@@ -278,7 +337,9 @@ def test_bad_targets_of_binary_cross_entropy_and_mse():
         train.fit(one, "binary_cross_entropy", optax.sgd(0.1), (x, np.full((10, 1), 2.0)), **kw)
     yinf = np.zeros((10, 1), np.float32)
     yinf[4] = np.inf
-    with pytest.raises(ValueError, match=r"data y: 1 of 10 rows hold NaN or inf \(the first is row 4"):
+    with pytest.raises(
+        ValueError, match=r"data y: 1 of 10 rows hold NaN or inf \(the first is row 4"
+    ):
         train.fit(one, "mse", optax.sgd(0.1), (x, yinf), **kw)
     with pytest.raises(TypeError, match=r"mse needs float targets"):
         train.fit(one, "mse", optax.sgd(0.1), (x, np.zeros((10, 1), np.int32)), **kw)
@@ -292,8 +353,17 @@ def test_resuming_from_a_mid_epoch_state_is_refused():
     state = train.init_state(model.init(jax.random.key(0)), opt, jax.random.key(1))
     state = state._replace(step=jnp.int32(3))
     with pytest.raises(ValueError, match=r"state.step=3 is not at an epoch boundary \(5 steps"):
-        train.fit(model, CE, opt, blobs(40), epochs=2, batch_size=8, key=jax.random.key(0),
-                  init=state, progress=False)
+        train.fit(
+            model,
+            CE,
+            opt,
+            blobs(40),
+            epochs=2,
+            batch_size=8,
+            key=jax.random.key(0),
+            init=state,
+            progress=False,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,8 +386,9 @@ def test_nonfinite_loss_raises_naming_epoch_and_step_and_keeps_the_last_finite_s
     x, y, clean = _poisoned()
     opt = optax.sgd(0.01)
     kw = dict(batch_size=16, key=jax.random.key(0), progress=False)
-    with pytest.raises(train.NonFiniteError,
-                       match=r"non-finite loss at epoch 0, step 2 of 4 \(global step 2\)") as err:
+    with pytest.raises(
+        train.NonFiniteError, match=r"non-finite loss at epoch 0, step 2 of 4 \(global step 2\)"
+    ) as err:
         train.fit(model, "mse", opt, (x, y), epochs=3, **kw)
     e = err.value
     assert (e.epoch, e.step, e.global_step, e.what) == (0, 2, 2, "loss")
@@ -325,8 +396,7 @@ def test_nonfinite_loss_raises_naming_epoch_and_step_and_keeps_the_last_finite_s
     # The kept state is the clean run's after the two steps before the poisoned batch.
     idx = train.epoch_indices(train.run_key(jax.random.key(0)), 0, 64, 16)
     step = train.make_step(model, "mse", opt)
-    state = train.init_state(model.init(jax.random.key(0)), opt,
-                             jax.random.key(1))
+    state = train.init_state(model.init(jax.random.key(0)), opt, jax.random.key(1))
     for i in range(2):
         state, _ = step(state, x[idx[i]], clean[idx[i]])
     for a, b in zip(jax.tree.leaves(e.state.params), jax.tree.leaves(state.params), strict=True):
@@ -336,20 +406,38 @@ def test_nonfinite_loss_raises_naming_epoch_and_step_and_keeps_the_last_finite_s
 def test_nonfinite_gradients_with_a_finite_loss_are_named():
     mse = losses.get("mse")
     # sqrt(|0 * pred|) is 0, but its derivative is 0 * inf = NaN.
-    fragile = mse._replace(name="fragile", fn=lambda p, t: mse.fn(p, t) + jnp.mean(
-        jnp.sqrt(jnp.abs(p * 0.0))))
+    fragile = mse._replace(
+        name="fragile", fn=lambda p, t: mse.fn(p, t) + jnp.mean(jnp.sqrt(jnp.abs(p * 0.0)))
+    )
     model = fnn.mlp([3, 4, 1], activation="tanh")
     x, _, clean = _poisoned()
     with pytest.raises(train.NonFiniteError, match=r"non-finite gradients at epoch 0, step 0"):
-        train.fit(model, fragile, optax.sgd(0.1), (x, clean), epochs=1, batch_size=16,
-                  key=jax.random.key(0), progress=False)
+        train.fit(
+            model,
+            fragile,
+            optax.sgd(0.1),
+            (x, clean),
+            epochs=1,
+            batch_size=16,
+            key=jax.random.key(0),
+            progress=False,
+        )
 
 
 def test_skip_mode_skips_and_counts_nonfinite_steps():
     model = fnn.mlp([3, 8, 1], activation="tanh")
     x, y, _ = _poisoned()
-    state, hist = train.fit(model, "mse", optax.sgd(0.01), (x, y), epochs=3, batch_size=16,
-                            key=jax.random.key(0), on_nonfinite="skip", progress=False)
+    state, hist = train.fit(
+        model,
+        "mse",
+        optax.sgd(0.01),
+        (x, y),
+        epochs=3,
+        batch_size=16,
+        key=jax.random.key(0),
+        on_nonfinite="skip",
+        progress=False,
+    )
     assert hist["skipped"] == [1, 1, 1]  # the poisoned row is drawn once per epoch
     assert int(state.step) == 12
     assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(state.params))
@@ -361,10 +449,19 @@ def test_parameters_overflowing_from_a_finite_update_are_named():
     x, _, clean = _poisoned()
     clean = clean + 100.0  # gradients ~100: times lr 1e38 overflows float32
     init = model.init(jax.random.key(0))
-    with pytest.raises(train.NonFiniteError, match=r"non-finite parameters at epoch 0, step 0"
-                       ) as err:
-        train.fit(model, "mse", optax.sgd(1e38), (x, clean), epochs=1, batch_size=16,
-                  key=jax.random.key(0), progress=False)
+    with pytest.raises(
+        train.NonFiniteError, match=r"non-finite parameters at epoch 0, step 0"
+    ) as err:
+        train.fit(
+            model,
+            "mse",
+            optax.sgd(1e38),
+            (x, clean),
+            epochs=1,
+            batch_size=16,
+            key=jax.random.key(0),
+            progress=False,
+        )
     assert leaves_equal(err.value.state.params, init)
 
 
