@@ -47,10 +47,9 @@ sys.path.insert(0, HERE)
 import _timing  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import peers as _peers  # noqa: E402
-from train_ratio import raw_step_fn  # noqa: E402  (the one hand-written baseline)
+from train_ratio import epoch_ratio, raw_step_fn  # noqa: E402  (one raw baseline)
 
 import fnn  # noqa: E402
 from fnn import losses, train  # noqa: E402
@@ -221,70 +220,6 @@ def bench_step(sizes, batch, mode, peer_names, with_dot, rounds, fnn_names=None)
             for k, v in times.items()
         }
     return out
-
-
-def bench_epoch(sizes, batch, n, rounds):
-    """fit's scan-fused epoch against a Python loop of the raw step over the same batches."""
-    model = fnn.mlp(sizes, activation="relu", dtype=jnp.float32)
-    opt = optax.adam(LR)
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(n, sizes[0])).astype(np.float32)
-    y = rng.integers(0, sizes[-1], size=n).astype(np.int32)
-    key = jax.random.key(0)
-    run_key = train.run_key(key)  # the key fit gives its state, hence its shuffle
-    steps = n // batch
-    xd, yd = jnp.asarray(x), jnp.asarray(y)
-    raw = raw_step_fn(opt)
-    params0 = [p for p in model.init(jax.random.key(5)) if p]
-    state = [_copy(params0), opt.init(params0)]
-
-    def loop(epoch):
-        idx = jnp.asarray(train.epoch_indices(run_key, epoch, n, batch))
-        xb = [xd[idx[i]] for i in range(steps)]  # sliced on the device before the clock
-        yb = [yd[idx[i]] for i in range(steps)]
-        jax.block_until_ready((xb, yb))
-        p, s = state
-        start = time.perf_counter()
-        for i in range(steps):
-            p, s, _ = raw(p, s, xb[i], yb[i])
-        jax.block_until_ready(p)
-        state[:] = [p, s]
-        return time.perf_counter() - start
-
-    per_fit = 4  # fit's first epoch compiles; the other three are timed (history "seconds")
-
-    def fit_epochs():
-        _, hist = train.fit(
-            model,
-            "softmax_cross_entropy",
-            opt,
-            (x, y),
-            epochs=per_fit,
-            batch_size=batch,
-            key=key,
-            progress=False,
-        )
-        return hist["seconds"][1:]
-
-    fit_epochs()
-    loop(0)
-    t_fit, t_loop = [], []
-    for r in range(rounds):
-        if r % 2 == 0:
-            t_fit.extend(fit_epochs())
-        t_loop.extend(loop(e) for e in range(1, per_fit))
-        if r % 2 == 1:
-            t_fit.extend(fit_epochs())
-    return {
-        "sizes": sizes,
-        "batch": batch,
-        "examples": n,
-        "steps": steps,
-        "epochs_timed": len(t_fit),
-        "fit_epoch_ms": 1e3 * statistics.median(t_fit),
-        "loop_epoch_ms": 1e3 * statistics.median(t_loop),
-        "ratio": statistics.median(a / b for a, b in zip(t_fit, t_loop, strict=True)),
-    }
 
 
 def _peak_rss_mib() -> float:
@@ -469,7 +404,7 @@ def main(argv=None) -> int:
         lap(f"step {name}")
     for name, (sizes, batch, n) in configs.items():
         if n:
-            res = bench_epoch(sizes, batch, n, cfg["rounds"])
+            res = epoch_ratio(sizes, batch, n, cfg["rounds"])
             results["epoch"][name] = res
             print(
                 f"epoch {name}: fit {res['fit_epoch_ms']:.2f} ms, raw loop "

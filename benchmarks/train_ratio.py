@@ -177,6 +177,11 @@ def bench_step(name: str, rounds: int, min_time: float) -> dict:
 
 def bench_epoch(name: str, rounds: int) -> dict:
     sizes, batch, n = CONFIGS[name]
+    return epoch_ratio(sizes, batch, n, rounds)
+
+
+def epoch_ratio(sizes, batch: int, n: int, rounds: int) -> dict:
+    """fit's scan-fused epoch against a Python loop of the raw step over the same batches."""
     model = fnn.mlp(sizes, activation="relu")
     opt = optax.adam(LR)
     rng = np.random.default_rng(0)
