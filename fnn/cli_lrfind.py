@@ -177,15 +177,11 @@ def _finite_list(a) -> list:
 
 
 def run(args) -> int:
-    from fnn.cli_train import _device_text, _versions, _write_json
+    from fnn.cli_train import _device_text, _versions, _write_json, check_json_path
 
     cfg = _parse(args)
     if args.json:  # check before the sweep, not after it
-        d = os.path.dirname(os.path.abspath(args.json))
-        if os.path.isdir(args.json):
-            raise UsageError(f"--json: {args.json} is a folder, expected a file path")
-        if not os.path.isdir(d):
-            raise UsageError(f"--json: folder {d} does not exist")
+        check_json_path(args.json)
 
     import jax
     import numpy as np

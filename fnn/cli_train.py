@@ -283,12 +283,17 @@ def _device_text(devices) -> str:
     return f"{devs[0].platform} x{n} ({kind})"
 
 
-def _write_json(path: str, payload: dict) -> None:
+def check_json_path(path: str) -> None:
+    """Refuse a ``--json PATH`` that cannot be written, before any work is done."""
     d = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise UsageError(f"--json: {path} is a folder, expected a file path")
     if not os.path.isdir(d):
         raise UsageError(f"--json: folder {d} does not exist")
+
+
+def _write_json(path: str, payload: dict) -> None:
+    check_json_path(path)
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2, allow_nan=True)

@@ -20,6 +20,7 @@ from fnn.cli_train import (
     _save_params,
     _versions,
     _write_json,
+    check_json_path,
     params_digest,
 )
 
@@ -100,7 +101,7 @@ def main(args, start: float) -> int:
     out = _prepare_out(args.out, args.resume) if main_process or args.out else None
     console = _console(args.quiet or not main_process)
     if args.json:
-        _write_json_check(args.json)
+        check_json_path(args.json)
 
     import jax
 
@@ -291,14 +292,6 @@ def _join(args, procs: int) -> bool:
                 msg = flag + msg[len(word) :]
         raise UsageError(msg) from None
     return parallel.is_main()
-
-
-def _write_json_check(path: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise UsageError(f"--json: {path} is a folder, expected a file path")
-    if not os.path.isdir(d):
-        raise UsageError(f"--json: folder {d} does not exist")
 
 
 def _write_outputs(out: str, result: dict, params, json_path: str | None) -> None:
