@@ -3,10 +3,10 @@
 A pooling window is a convolution with a fixed kernel applied to each channel alone, so the
 backwards reuse the convolution's transposed form (:func:`fnn.layers.conv.input_grad`):
 
-* :func:`patches` lays every window out along a new axis, as a depthwise convolution with a
-  one-hot kernel (entry ``j`` of the window -> output slot ``j``); :func:`unpatches` is its
-  transpose, adding each window slot back onto the input position it came from (overlapping
-  windows add up).
+* :func:`patches` lays every window out along a new axis: for non-overlapping windows a
+  reshape, otherwise a depthwise convolution with a one-hot kernel (entry ``j`` of the
+  window -> output slot ``j``); :func:`unpatches` is its transpose, adding each window slot
+  back onto the input position it came from (overlapping windows add up).
 * max pool: ``dx = unpatches(onehot(argmax of each window) * dy)``.
 * avg pool: ``dx = unpatches(dy / count)`` broadcast over the window, ``count`` the number of
   real (non-padding) inputs in the window.
@@ -41,14 +41,32 @@ def one_hot_kernel(window, channels: int, dtype):
     return jnp.tile(eye, (1, 1, 1, channels))
 
 
+def _tiling(x_hw, window, pads):
+    """``lax.pad`` configs between the input and the exact tiling by non-overlapping windows."""
+    cfg = []
+    for n, k, (lo, hi) in zip(x_hw, window, pads, strict=True):
+        covered = out_size(n, k, k, 1, (lo, hi)) * k
+        cfg.append((lo, covered - n - lo, 0))  # a negative high end crops what VALID drops
+    return cfg
+
+
 def patches(x, window, stride, pads):
     """Every window of ``x: [N, H, W, C]``: ``[N, Ho, Wo, C, kh * kw]`` (row-major slots).
 
-    Padding entries are the dtype's lowest finite value (so a max never picks them, and
-    ``0 * pad`` stays 0 in the one-hot products). Exact: each output is one input times 1.
+    Padding entries are the dtype's lowest finite value, so a max never picks them. When the
+    windows do not overlap (``stride == window``) this is a pad-or-crop and a reshape;
+    otherwise a depthwise convolution with a one-hot kernel (``0 * pad`` stays 0 there, and
+    each output is one input times 1, so the result is exact).
     """
-    c = x.shape[3]
+    n, h, w, c = x.shape
     low = jnp.finfo(x.dtype).min
+    kh, kw = window
+    if tuple(stride) == tuple(window):
+        cfg = _tiling((h, w), window, pads)
+        xp = lax.pad(x, jnp.asarray(low, x.dtype), [(0, 0, 0), *cfg, (0, 0, 0)])
+        ho, wo = xp.shape[1] // kh, xp.shape[2] // kw
+        t = jnp.reshape(xp, (n, ho, kh, wo, kw, c)).transpose(0, 1, 3, 5, 2, 4)
+        return jnp.reshape(t, (n, ho, wo, c, kh * kw))
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=low)
     p = lax.conv_general_dilated(
         xp,
@@ -59,15 +77,24 @@ def patches(x, window, stride, pads):
         feature_group_count=c,
         precision=lax.Precision.HIGHEST,
     )
-    return jnp.reshape(p, (*p.shape[:3], c, window[0] * window[1]))
+    return jnp.reshape(p, (*p.shape[:3], c, kh * kw))
 
 
 def unpatches(dp, in_hw, window, stride, pads):
-    """The transpose of :func:`patches`: ``[N, Ho, Wo, C, kh * kw] -> [N, H, W, C]``."""
-    c = dp.shape[3]
-    flat = jnp.reshape(dp, (*dp.shape[:3], -1))
+    """The transpose of :func:`patches`: ``[N, Ho, Wo, C, kh * kw] -> [N, H, W, C]``.
+
+    Each window slot is added back onto the input position it came from (overlapping windows
+    add up; padding positions are dropped).
+    """
+    n, ho, wo, c, _ = dp.shape
+    kh, kw = window
+    if tuple(stride) == tuple(window):
+        t = jnp.reshape(dp, (n, ho, wo, c, kh, kw)).transpose(0, 1, 4, 2, 5, 3)
+        t = jnp.reshape(t, (n, ho * kh, wo * kw, c))
+        undo = [(-lo, -hi, 0) for lo, hi, _ in _tiling(in_hw, window, pads)]
+        return lax.pad(t, jnp.zeros((), dp.dtype), [(0, 0, 0), *undo, (0, 0, 0)])
     return input_grad(
-        flat,
+        jnp.reshape(dp, (n, ho, wo, -1)),
         one_hot_kernel(window, c, dp.dtype),
         in_hw,
         stride=stride,
