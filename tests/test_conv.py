@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fnn import check, layers, models
+from fnn import check, layers, models, recipes
 from fnn.backprop import value_and_grad
 from fnn.layers import conv as conv_mod
 from fnn.layers import pool as pool_mod
@@ -276,3 +276,28 @@ def test_bad_shapes_name_the_layer_and_the_fix():
         conv.forward(p, jnp.zeros((1, 5, 5, 3), jnp.float32))
     with pytest.raises(TypeError, match=r"floating dtype"):
         conv.forward(p, jnp.zeros((1, 5, 5, 2), jnp.int32))
+
+
+# ---------------------------------------------------------------------------------------------
+# the recipe
+
+
+@pytest.mark.parametrize("norm", [None, "batch", "layer"])
+def test_cnn_recipe_takes_flat_rows_and_picks_the_image_layout(norm):
+    model = recipes.cnn((8, 8, 1), 10, channels=(4, 6), hidden=8, norm=norm)
+    assert model.in_shape == (64,) and model.out_shape == (10,)
+    names = [lyr.name for _, lyr in model.layer.parts]
+    assert names[0] == "reshape((8, 8, 1))"
+    assert model.stateful == (norm == "batch")
+    params = model.init(jax.random.key(0))
+    out = model.apply(params, jnp.zeros((3, 64), jnp.float32))
+    assert out.shape == (3, 10) and out.dtype == jnp.float32
+    # 28x28x1 (MNIST) rows work the same way
+    assert recipes.cnn((28, 28, 1), 10, channels=(2,), hidden=0).in_shape == (784,)
+
+
+def test_cnn_recipe_bad_arguments():
+    with pytest.raises(ValueError, match=r"cnn: in_shape must be \(H, W, C\), got \(64,\)"):
+        recipes.cnn((64,))
+    with pytest.raises(ValueError, match=r"cnn: norm must be None, 'batch' or 'layer'"):
+        recipes.cnn(norm="group")
