@@ -7,6 +7,8 @@ model's choice and the data is never copied per layout.
 Example:
     >>> import jax, jax.numpy as jnp
     >>> from fnn import recipes
+    >>> recipes.image_shape((64,)), recipes.image_shape(784)
+    ((8, 8, 1), (28, 28, 1))
     >>> model = recipes.cnn((8, 8, 1), classes=10)
     >>> model.in_shape, model.out_shape
     ((64,), (10,))
@@ -30,10 +32,10 @@ def cnn(
     in_shape: Sequence[int] = (8, 8, 1),
     classes: int = 10,
     *,
-    channels: Sequence[int] = (32, 64),
-    hidden: int = 128,
+    channels: Sequence[int] = (32,),
+    hidden: int = 256,
     norm: str | None = None,
-    dropout: float = 0.0,
+    dropout: float = 0.3,
     dtype=jnp.float32,
 ) -> Model:
     """A small CNN for flat image rows: ``reshape``, conv blocks, a dense head.
@@ -43,8 +45,14 @@ def cnn(
     are at least 2). The head flattens, then ``dense(hidden)``, ReLU, optional dropout,
     ``dense(classes)`` (logits for ``softmax_cross_entropy``).
 
+    The defaults are tuned for the 8x8 digits with what ``fnn train`` gives the MLP (Adam
+    2e-3 with a cosine decay, batch 32, 60 epochs): one block of 32 channels (8x8 -> 4x4x32),
+    a 256-wide hidden layer and dropout 0.3. A second block (32, 64) cost 4x the time on
+    a CPU for no better test accuracy at this image size.
+
     Args:
-        in_shape: the image ``(H, W, C)``: ``(8, 8, 1)`` for digits, ``(28, 28, 1)`` for MNIST.
+        in_shape: the image ``(H, W, C)``: ``(8, 8, 1)`` for digits, ``(28, 28, 1)`` for MNIST
+            (:func:`image_shape` finds it from a flat feature count).
         classes: output logits.
         channels: output channels of each conv block.
         hidden: width of the dense hidden layer (0 for none).
@@ -83,3 +91,22 @@ def cnn(
         parts.append(layers.dropout(dropout))
     parts.append(layers.dense(int(classes)))
     return build(serial(*parts), (math.prod(in_shape),), dtype)
+
+
+def image_shape(features) -> tuple[int, int, int]:
+    """The square one-channel image of flat rows: 64 -> ``(8, 8, 1)``, 784 -> ``(28, 28, 1)``.
+
+    Args:
+        features: the feature count, or a dataset's ``feature_shape`` such as ``(64,)``.
+
+    Raises:
+        ValueError: when the count is not a perfect square.
+    """
+    n = math.prod(features) if isinstance(features, (tuple, list)) else int(features)
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(
+            f"image_shape: {n} features are not a square image; pass in_shape=(H, W, C) to "
+            "fnn.recipes.cnn yourself"
+        )
+    return (side, side, 1)

@@ -301,3 +301,10 @@ def test_cnn_recipe_bad_arguments():
         recipes.cnn((64,))
     with pytest.raises(ValueError, match=r"cnn: norm must be None, 'batch' or 'layer'"):
         recipes.cnn(norm="group")
+
+
+def test_image_shape_of_flat_rows():
+    assert recipes.image_shape((64,)) == (8, 8, 1)
+    assert recipes.image_shape(784) == (28, 28, 1)
+    with pytest.raises(ValueError, match=r"image_shape: 10 features are not a square image"):
+        recipes.image_shape(10)
