@@ -50,7 +50,7 @@ paddings = st.one_of(
 )
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(
     hw=st.tuples(st.integers(4, 9), st.integers(4, 9)),
     groups=st.sampled_from([1, 2, 3]),
