@@ -192,6 +192,7 @@ def save(directory, tree, *, step: int, metadata=None, keep: int | None = 3) -> 
         prefix=f".ckpt-{int(step):08d}.", suffix=f".{os.getpid()}.tmp", dir=directory
     )
     try:
+        files.output_mode(fd)
         with os.fdopen(fd, "wb") as f:
             np.savez(
                 f,

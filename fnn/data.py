@@ -116,6 +116,8 @@ def standardize(x_train, x_test):
         ``[*features]`` that were used.
     """
     x_train, x_test = np.asarray(x_train, np.float64), np.asarray(x_test, np.float64)
+    _check_finite("standardize", "x_train", x_train)
+    _check_finite("standardize", "x_test", x_test)
     if x_train.shape[1:] != x_test.shape[1:] or len(x_train) == 0:
         raise ValueError(
             f"standardize: expected x_train [n>0, *f] and x_test [m, *f] with the same "
@@ -339,51 +341,66 @@ def read_idx(path, *, ndim: int | None = None) -> np.ndarray:
             wrong magic number, truncated data, trailing bytes).
     """
     path = os.fspath(path)
+    opener = gzip.open if path.endswith(".gz") else open
     try:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            with open(path, "rb") as f:
-                raw = f.read()
+        with opener(path, "rb") as f:
+            # Read only what the header promises (plus one byte to detect extra data): a
+            # small .gz file may inflate to gigabytes, which must never be read whole.
+            head = f.read(4)
+            dims_n = head[3] if len(head) == 4 else 0
+            head += f.read(4 * dims_n)
+            dims, dtype, expected = _idx_header(path, head, ndim)
+            raw = f.read(expected + 1)
+            extra = _extra_bytes(path, f, len(head) + expected) if len(raw) > expected else 0
     except (gzip.BadGzipFile, EOFError, OSError) as err:
         if isinstance(err, FileNotFoundError):
             raise
         raise ValueError(
             f"{path}: cannot decompress it ({err}); the .gz file is corrupt or truncated"
         ) from err
-    if len(raw) < 4:
-        raise ValueError(f"{path}: only {len(raw)} bytes, too short for an IDX header")
-    magic = int.from_bytes(raw[:4], "big")
-    code, dims_n = raw[2], raw[3]
+    shape = "x".join(map(str, dims))
+    if len(raw) < expected:
+        raise ValueError(
+            f"{path}: truncated: header promises {shape} = {expected} data "
+            f"bytes, the file holds {len(raw)}"
+        )
+    if extra:
+        holds = f"{expected + extra} ({extra} extra)" if extra > 0 else "more"
+        raise ValueError(
+            f"{path}: size mismatch: header promises {shape} = {expected} data "
+            f"bytes, the file holds {holds}"
+        )
+    return np.frombuffer(raw, dtype).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _idx_header(path: str, head: bytes, ndim: int | None):
+    """``(dims, dtype, data bytes)`` of an IDX header, or a ValueError naming the file."""
+    if len(head) < 4:
+        raise ValueError(f"{path}: only {len(head)} bytes, too short for an IDX header")
+    magic = int.from_bytes(head[:4], "big")
+    code, dims_n = head[2], head[3]
     want = f"0x0000{_code(ndim)}" if ndim else "0x000008NN"
-    if raw[0] or raw[1] or code not in _IDX_TYPES or (ndim is not None and dims_n != ndim):
+    if head[0] or head[1] or code not in _IDX_TYPES or (ndim is not None and dims_n != ndim):
         raise ValueError(
             f"{path}: wrong magic number 0x{magic:08X}, expected {want} "
             f"(is this the right IDX file?)"
         )
     header = 4 + 4 * dims_n
-    if len(raw) < header:
+    if len(head) < header:
         raise ValueError(
             f"{path}: corrupt header: {dims_n} dimensions need {header} header "
-            f"bytes, the file has {len(raw)}"
+            f"bytes, the file has {len(head)}"
         )
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims_n))
+    dims = tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims_n))
     dtype = np.dtype(_IDX_TYPES[code])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    found = len(raw) - header
-    shape = "x".join(map(str, dims))
-    if found < expected:
-        raise ValueError(
-            f"{path}: truncated: header promises {shape} = {expected} data "
-            f"bytes, the file holds {found}"
-        )
-    if found > expected:
-        raise ValueError(
-            f"{path}: size mismatch: header promises {shape} = {expected} data "
-            f"bytes, the file holds {found} ({found - expected} extra)"
-        )
-    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    return dims, dtype, int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+
+
+def _extra_bytes(path: str, f, promised: int) -> int:
+    """Bytes past the promised size: counted for a plain file, -1 (unknown) for gzip."""
+    if path.endswith(".gz"):
+        return -1
+    return os.fstat(f.fileno()).st_size - promised
 
 
 def _code(ndim: int) -> str:
@@ -423,6 +440,38 @@ def _check_pair(where: str, x: np.ndarray, y: np.ndarray, xname: str, yname: str
         raise ValueError(f"{where}: {yname} must hold integer labels, got dtype {y.dtype}")
     if len(y) and y.min() < 0:
         raise ValueError(f"{where}: {yname} has a negative label {int(y.min())}")
+
+
+def _few(values, n: int = 10) -> str:
+    values = [int(v) for v in values]
+    return ", ".join(map(str, values[:n])) + (
+        f", ... ({len(values)} in all)" if len(values) > n else ""
+    )
+
+
+def _check_finite(where: str, name: str, x: np.ndarray) -> None:
+    """Refuse images holding NaN or inf, naming the rows (before any transform)."""
+    if x.dtype.kind not in "fc" or not len(x):
+        return
+    rows = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if len(rows):
+        raise ValueError(
+            f"{where}: {len(rows)} of {len(x)} rows of {name} hold NaN or inf (rows "
+            f"{_few(rows)}); remove or repair them"
+        )
+
+
+def _check_label_set(where: str, *ys: np.ndarray) -> None:
+    """Labels must be ``0..K-1`` without gaps: a stray 255 would make a 256-class model."""
+    labels = np.unique(np.concatenate([np.asarray(y).ravel() for y in ys]))
+    k = int(labels.max()) + 1 if len(labels) else 0
+    if len(labels) != k:
+        missing = sorted(set(range(k)) - set(labels.tolist()))
+        raise ValueError(
+            f"{where}: the labels must be 0..K-1 without gaps; found {_few(labels)}, which "
+            f"would make {k} classes with {_few(missing)} never seen; relabel them "
+            f"0..{len(labels) - 1}"
+        )
 
 
 def mnist(path, *, flatten: bool = True, standardize: bool = True) -> Dataset:
@@ -478,6 +527,11 @@ def mnist(path, *, flatten: bool = True, standardize: bool = True) -> Dataset:
         )
     if len(arrays["x_train"]) == 0:
         raise ValueError(f"{path}: the training part is empty (0 images)")
+    for k in ("x_train", "x_test"):  # before scaling: standardising would spread a NaN
+        _check_finite(files[k], k, arrays[k])
+    _check_label_set(
+        f"{files['y_train']} and {files['y_test']}", arrays["y_train"], arrays["y_test"]
+    )
     xs = []
     for k in ("x_train", "x_test"):
         x = arrays[k]

@@ -36,6 +36,10 @@ except ImportError:  # pragma: no cover - Windows: no flock, runs are not locked
 #: The name of the lock file :class:`FolderLock` holds in a folder.
 LOCK_NAME = ".fnn-lock"
 
+# mkstemp creates files readable by their owner only; outputs get the usual mode instead.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 #: Prefix of every temporary fnn creates; never matches an output's name.
 TMP_PREFIX = ".fnn-tmp-"
 
@@ -76,6 +80,11 @@ def dumps(payload) -> str:
     return json.dumps(strict(payload), indent=2, allow_nan=False) + "\n"
 
 
+def output_mode(fd: int) -> None:
+    """Give a file fnn created with ``mkstemp`` the usual mode (``0o666`` less the umask)."""
+    os.fchmod(fd, 0o666 & ~_UMASK)
+
+
 def free_bytes(folder: str) -> int | None:
     """Bytes free to this user in ``folder``'s file system (``None`` if unknown)."""
     try:
@@ -105,7 +114,9 @@ def _size(n: int) -> str:
     return f"{n} bytes"  # pragma: no cover
 
 
-def atomic_write(path, write: Callable, *, size: int | None = None, suffix: str = "") -> str:
+def atomic_write(
+    path, write: Callable, *, size: int | None = None, suffix: str = "", by_path: bool = False
+) -> str:
     """Write ``path`` atomically: ``write(f)`` fills a fresh temporary, then it is renamed.
 
     Args:
@@ -113,6 +124,7 @@ def atomic_write(path, write: Callable, *, size: int | None = None, suffix: str 
         write: ``write(f)`` writes the content to the binary file object ``f``.
         size: the expected size in bytes, named when the disk is full.
         suffix: the temporary's suffix (e.g. ``".png"``, for writers that read it).
+        by_path: call ``write(temporary_path)`` instead, for writers that take a path.
 
     Returns:
         ``path``.
@@ -126,9 +138,13 @@ def atomic_write(path, write: Callable, *, size: int | None = None, suffix: str 
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=folder)
     try:
+        output_mode(fd)
         with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
+            if by_path:  # the writer opens the (fresh, exclusively created) temporary itself
+                write(tmp)
+            else:
+                write(f)
+                f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
     except BaseException as err:
@@ -236,9 +252,10 @@ class FolderLock:
                 f"folder {self.folder} is in use by another fnn run (process {owner}); "
                 f"wait for it to finish or choose another --out"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        with contextlib.suppress(OSError):  # the pid is only for messages; a full disk is fine
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         return self
 
     def __exit__(self, *exc) -> None:
@@ -259,6 +276,7 @@ __all__ = [
     "fsync_dir",
     "dumps",
     "free_bytes",
+    "output_mode",
     "pid_alive",
     "strict",
     "write_bytes",

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fnn import cli
+from fnn import cli, losses
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
@@ -156,3 +156,47 @@ def test_bad_flag_through_the_console_has_no_traceback(tmp_path):
     assert res.stderr.strip() == (
         "fnn train: error: --hidden: every width must be a positive int, got 0 in '0'"
     )
+
+
+def test_backward_check_is_in_the_json_and_the_table(tmp_path, capsys):
+    out = tmp_path / "o"
+    code = cli.main(
+        [
+            "train",
+            "--data",
+            "xor",
+            "--hidden",
+            "4",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
+    assert code == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["config"]["grad"] == "manual"  # the hand-written sweep is the default
+    assert result["backward_check"]["ok"] is True
+    assert 0 <= result["backward_check"]["max_rel_err"] < 1e-4  # float32 round-off
+    assert "ok (manual vs jax.grad, max rel err" in capsys.readouterr().out
+
+
+def test_a_wrong_backward_rule_stops_the_run_with_exit_1(tmp_path, monkeypatch, capsys):
+    sce = losses.get("softmax_cross_entropy")
+    # A planted bug: the gradient of the loss halved. jax.grad of .fn is still right.
+    monkeypatch.setitem(
+        losses._REGISTRY,
+        "softmax_cross_entropy",
+        sce._replace(grad=lambda pred, target: 0.5 * sce.grad(pred, target)),
+    )
+    out = tmp_path / "o"
+    code = cli.main(["train", "--quiet", "--data", "xor", "--hidden", "4", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "fnn train: error: the hand-written backward disagrees with jax.grad" in err
+    for leaf in ("[0]['w']", "[0]['b']", "[2]['w']", "[2]['b']"):  # the per-leaf table
+        assert leaf in err
+    assert "FAIL" in err
+    assert not out.exists()  # checked before the folder is claimed or anything trained
