@@ -740,6 +740,28 @@ def test_process_flags_are_checked_before_joining(flags, pattern, tmp_path, caps
     assert not (tmp_path / "o").exists()
 
 
+def test_unknown_coordinator_host_is_named(tmp_path, capsys):
+    code = cli.main(
+        [
+            "train",
+            "--quiet",
+            "--data",
+            "xor",
+            "--out",
+            str(tmp_path / "o"),
+            "--num-processes",
+            "2",
+            "--process-id",
+            "1",
+            "--coordinator",
+            "no-such-host.invalid:1234",
+        ]
+    )
+    assert code == 2
+    assert "--coordinator: cannot resolve host 'no-such-host.invalid'" in _one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
 def test_coordinator_port_in_use_is_named(tmp_path, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fnn import cli, losses
+from fnn import activations, cli, losses, optim
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
@@ -200,3 +200,59 @@ def test_a_wrong_backward_rule_stops_the_run_with_exit_1(tmp_path, monkeypatch, 
         assert leaf in err
     assert "FAIL" in err
     assert not out.exists()  # checked before the folder is claimed or anything trained
+
+
+@pytest.mark.parametrize("command", ["train", "check", "lr-find"])
+def test_help_lists_every_choice_and_each_default_once(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # unwrap argparse's line breaks
+    names = [*activations.NAMES, *losses.NAMES]
+    if command != "check":
+        names += ["xor", "moons", "circles", "spirals", "digits", "mnist:PATH"]
+        names += [n for n in optim.NAMES if command == "train" or n != "gd"]
+    if command == "train":
+        names += [*optim.SCHEDULES, "manual", "autodiff", "raise", "skip"]
+    for name in names:
+        assert name in text, name
+    assert "(default: None)" not in text
+    for chunk in text.split(" --")[1:]:  # each flag's help states its default at most once
+        assert chunk.count("default") <= 1, chunk
+
+
+def test_the_application_layer_imports_one_way():
+    """cli -> experiment/sweep -> runfolder -> checkpoint -> files; no private names across
+    modules; no imports inside functions but rich's (read with ast, nothing imported)."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(cli.__file__).parents[1]
+    layer = {"files": 0, "checkpoint": 1, "runfolder": 2, "experiment": 3, "sweep": 4, "cli": 5}
+    paths = [*(root / "cli").glob("*.py")] + [root / f"{m}.py" for m in layer if m != "cli"]
+    for path in paths:
+        me = "cli" if path.parent.name == "cli" else path.stem
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            for mod in mods:
+                parts = mod.split(".")
+                if parts[0] != "fnn":
+                    continue
+                names = [a.name for a in node.names] if isinstance(node, ast.ImportFrom) else []
+                target = parts[1] if len(parts) > 1 else None
+                for name in names or [None]:
+                    assert not (name or "").startswith("_"), f"{path.name}: private {mod}.{name}"
+                    t = target or name
+                    if t in layer:
+                        assert layer[t] <= layer[me], f"{path.name}: upward import of {t}"
+        for fn in ast.walk(tree):
+            if isinstance(fn, ast.FunctionDef):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.Import | ast.ImportFrom):
+                        mod = (
+                            node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+                        )
+                        assert mod.split(".")[0] == "rich", f"{path.name}:{fn.name} imports {mod}"
