@@ -30,7 +30,7 @@ import time
 import jax
 import numpy as np
 
-from fnn import experiment, files, many, optim, train
+from fnn import experiment, files, many, optim, runfolder, train
 from fnn.experiment import HISTORY_KEYS, ConfigError
 
 
@@ -138,8 +138,8 @@ def train_sweep(cfg: dict, run: experiment.Run) -> dict:
     )
     os.makedirs(run.out, exist_ok=True)
     with files.FolderLock(run.out):
-        run_id = experiment.new_run_id()
-        experiment.claim(run.out, run_id, cfg, run.overwrite)
+        run_id = runfolder.new_run_id()
+        runfolder.claim(run.out, run_id, cfg, run.overwrite)
         try:
             states, histories = many.fit_many(
                 model,
