@@ -11,7 +11,8 @@ Example:
     >>> from fnn import files
     >>> folder = tempfile.mkdtemp()
     >>> p = files.write_json(os.path.join(folder, "r.json"), {"loss": float("nan"), "n": 2})
-    >>> open(p).read()
+    >>> with open(p) as f:
+    ...     f.read()
     '{\\n  "loss": null,\\n  "n": 2\\n}\\n'
 """
 

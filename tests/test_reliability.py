@@ -143,7 +143,7 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, reference):
         text=True,
         env=ENV,
     )
-    for _ in range(200):  # wait until training is under way (first checkpoint written)
+    for _ in range(1200):  # wait until training is under way (first checkpoint written)
         time.sleep(0.05)
         if os.path.isdir(out) and any(f.startswith("ckpt-") for f in os.listdir(out)):
             break
