@@ -32,7 +32,7 @@ import jaxlib
 import numpy as np
 import optax
 
-import fnn
+import fnn  # only for fnn.__version__
 from fnn import (
     backprop,
     check,
@@ -40,6 +40,7 @@ from fnn import (
     data,
     files,
     losses,
+    models,
     optim,
     parallel,
     plots,
@@ -127,7 +128,7 @@ def model_for(cfg: dict, ds: data.Dataset):
     """``(model, loss)``: the config's MLP for a loaded dataset, and its loss name."""
     loss = cfg["loss"] or ds.loss
     sizes = [math.prod(ds.feature_shape), *cfg["hidden"], output_width(loss, ds.classes)]
-    return fnn.mlp(sizes, activation=cfg["activation"]), loss
+    return models.mlp(sizes, activation=cfg["activation"]), loss
 
 
 def build(cfg: dict, ds: data.Dataset):

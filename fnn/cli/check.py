@@ -15,8 +15,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-import fnn
-from fnn import activations, check, experiment, files, losses
+from fnn import activations, check, experiment, files, losses, models
 from fnn.cli import common
 from fnn.cli.common import UsageError
 
@@ -106,7 +105,7 @@ def run(args) -> int:
     if not 0.0 <= args.dropout < 1.0:
         raise UsageError(f"--dropout: expected a rate in [0, 1), got {args.dropout}")
     dtype = jnp.dtype(args.dtype)
-    model = fnn.mlp(sizes, activation=args.activation, dropout=args.dropout, dtype=dtype)
+    model = models.mlp(sizes, activation=args.activation, dropout=args.dropout, dtype=dtype)
     k_init, k_x, k_y, k_drop = jax.random.split(jax.random.key(args.seed), 4)
     params = model.init(k_init)
     x = jax.random.normal(k_x, (args.batch, sizes[0]), dtype)
