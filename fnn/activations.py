@@ -14,38 +14,65 @@ derivative (``jax.grad(jnp.abs)(0.0)`` is 1, ``jax.grad(jnp.maximum)`` splits a 
 So ``e = exp(-|x|)`` is formed as ``exp(where(x > 0, -x, x))``: it never overflows and its
 autodiff is the left-hand derivative at 0, the true one for a smooth function.
 
-Formulas and kinks (``a`` = negative_slope, ``m`` = the row maximum).
-At a kink every derivative (``vjp``, ``vjp_from_output`` and ``jax.grad`` of ``fn``) takes the
+Formulas and kinks (``a`` = negative_slope, ``m`` = the row maximum, ``s`` = sigmoid). At a
+kink every derivative (``vjp``, ``vjp_from_output`` and ``jax.grad`` of ``fn``) takes the
 left-hand value; ``kinks`` on the record is the single list of kink points, which
 :func:`fnn.check.kink_pattern` reads (it sorts inputs by ``x > k``, i.e. this left side).
 
-===========  ================================  ==================================  ===========
-activation   fn, as computed                   derivative, as computed             at the kink
-===========  ================================  ==================================  ===========
-identity     ``x``                             ``1``                               none
-sigmoid      ``where(x>0, 1, e) / (1 + e)``    ``e / (1+e)**2``; from y ``y(1-y)`` none
-tanh         ``jnp.tanh(x)``                   ``4 e**2 / (1+e**2)**2``;           none
-                                               from y ``(1-y)(1+y)``
-relu         ``where(x > 0, x, 0)``            ``1 if x > 0 else 0``               x=0: 0
-leaky_relu   ``where(x > 0, x, a x)``          ``1 if x > 0 else a``               x=0: a
-elu          ``where(x>0, x, alpha expm1(x))`` ``1 if x > 0 else alpha exp(x)``    x=0: alpha
-softplus     ``where(x>0, x, 0) + log1p(e)``   ``sigmoid(x)``                      none
-silu         ``x sigmoid(x)``                  ``s(x) (1 + x s(-x))``              none
-gelu         ``x erfc(-x / sqrt 2) / 2``       ``Phi(x) + x phi(x)``               none
-softmax      ``exp(x-m) / sum exp(x-m)``       ``y (a - sum(a y))``,               none
-                                               ``a = dy - sum(dy y)``
-log_softmax  ``x-m - log1p(sum' exp(x-m))``     ``dy - softmax(x) sum(dy)``;        none
-             (sum' leaves out one maximum)     from y ``dy - exp(y) sum(dy)``
-===========  ================================  ==================================  ===========
+===========  ==================================  ===================================  =========
+activation   fn, as computed                     derivative, as computed              kink side
+===========  ==================================  ===================================  =========
+identity     ``x``                               ``1``                                none
+sigmoid      ``where(x > 0, 1, e) / (1 + e)``    ``e / (1 + e)**2``;                  none
+                                                 from y ``y (1 - y)``
+tanh         ``jnp.tanh(x)``                     ``4 e**2 / (1 + e**2)**2``;          none
+                                                 from y ``(1 - y) (1 + y)``
+relu         ``where(x > 0, x, 0)``              ``1 if x > 0 else 0``                x=0: 0
+leaky_relu   ``where(x > 0, x, a x)``            ``1 if x > 0 else a``                x=0: a
+elu          ``where(x > 0, x, alpha expm1(x))`` ``1 if x > 0 else alpha exp(x)``     x=0:
+             (``exp(x) - 1`` below -1)                                                alpha
+softplus     ``where(x > 0, x, 0) + log1p(e)``   ``s(x)``                             none
+silu         ``x s(x)``                          ``s(x) (1 + x s(-x))``               none
+gelu         ``x erfc(-x / sqrt 2) / 2``         ``Phi(x) + x phi(x)``                none
+gelu, tanh   ``x s(2u)``, ``u = sqrt(2/pi)``     ``s(2u) + 2 x s(2u) s(-2u) u'``      none
+approximate  ``(x + 0.044715 x**3)``
+softmax      ``exp(x - m) / sum exp(x - m)``     ``y (c - sum(c y))``,                none
+                                                 ``c = dy - sum(dy y)``
+log_softmax  ``x - m - log1p(r)``, ``r`` = sum   ``dy - softmax(x) sum(dy)``;         none
+             of ``exp(x - m)`` but one maximum   from y ``dy - exp(y) sum(dy)``
+===========  ==================================  ===================================  =========
 
-(elu has a kink only for ``alpha != 1``; ``get("elu", alpha=0.7).kinks == (0.0,)``.)
+(elu has a kink only for ``alpha != 1``: ``get("elu", alpha=0.7).kinks == (0.0,)``.)
 
-Worst error against a 50-digit mpmath truth on a grid spanning +-1000 (0, +-denormal, +-1e-30
-... +-1000; ``python tests/test_numerics.py`` prints it), in ulp relative to the result (eps of
-the dtype; results below the smallest normal are judged in absolute terms and left out), for
-float32 / float64, with the jax.nn counterpart's error in brackets where it is larger than 8:
+Worst error against a 50-digit mpmath truth on a grid spanning +-1000 (``tests/test_numerics.py``;
+``python tests/test_numerics.py`` prints it), in ulp (the dtype's eps relative to the truth),
+float32/float64; in brackets the jax.nn counterpart's (``jax.grad`` of it for the derivatives)
+where it is over 8 and over twice fnn's. Left out: errors below the smallest normal and truths
+below ``tiny / eps``, where a denormal intermediate that the CPU flushes to 0 decides.
+``8e6/4e15`` (``1/eps``) means all digits lost at some point; here jax.nn loses them too:
+from ``y`` alone the derivative of sigmoid and tanh is limited by ``1 - y``, which rounds to 0
+(``jax.grad`` of ``jnp.tanh`` uses that rule). gelu's 32/128 come from rounding ``x / sqrt 2``
+before ``erfc`` in the far tail, gelu(tanh)'s from rounding ``u``, softmax's from rounding
+``x - m`` before ``exp`` and from cancellation in ``dy - sum(dy y)``.
 
-@TABLE
+===========  ==================  ==================  =================  ==================
+activation   fn                  vjp                 from y             jax.grad(fn)
+===========  ==================  ==================  =================  ==================
+identity     0/0                 0/0                 0/0                0/0
+sigmoid      0.6/0.8             1.2[8e6]/1.5[4e15]  8e6/4e15           1.6[8e6]/1.5[4e15]
+tanh         0.3/1.6             1.5[8e6]/1.1[4e15]  8e6/4e15           8e6/4e15
+relu         0/0                 0/0                 0/0                0/0
+leaky_relu   0.5/0.3             0.2/0               0.2/0              0.2/0
+elu          0.2/0.3             0.5[8e6]/0.5[4e15]  -                  0.5[8e6]/0.5[4e15]
+softplus     0.5/0.5             0.6/0.8             -                  0.6/0.8
+silu         0.6/0.7             1.3/1.4[8.9]        -                  1.4/1.4[8.9]
+gelu         32[8e6]/128[4e15]   0.9[8e6]/0.6[4e15]  -                  32[8e6]/128[4e15]
+softmax      1.0/28              5.1[1e7]/28[8e15]   5.1[1e7]/28[8e15]  17[1e7]/69[8e15]
+log_softmax  1.1[8e6]/8.3[4e15]  8.0/9.5             8.0/10             8.0/10
+leaky(a=.2)  0.5/0.2             0.1/0               0.1/0              0.1/0
+elu(a=.7)    0.5/0.4             0.9[8e6]/0.7[4e15]  -                  0.9[8e6]/0.7[4e15]
+gelu(tanh)   17[8e6]/177[4e15]   17[8e6]/177[4e15]   -                  18[8e6]/177[4e15]
+===========  ==================  ==================  =================  ==================
 
 Example:
     >>> import jax.numpy as jnp
@@ -250,7 +277,10 @@ def elu(x: Array, alpha: float = 1.0) -> Array:
     branch, and autodiff at 0 takes the left side (``minimum`` would split it 0.5/0.5).
     """
     neg = jnp.where(x > 0, jnp.zeros_like(x), x)
-    return jnp.where(x > 0, x, alpha * jnp.expm1(neg))
+    # Below -1, exp(x) - 1 does not cancel, and autodiff of it gives exp(x) itself; autodiff
+    # of expm1 forms its derivative as expm1(x) + 1, which is 0 below about -17 in float32.
+    em1 = jnp.where(neg > -1.0, jnp.expm1(neg), jnp.exp(neg) - 1.0)
+    return jnp.where(x > 0, x, alpha * em1)
 
 
 def _elu_vjp(x: Array, dy: Array, alpha: float = 1.0) -> Array:
