@@ -166,6 +166,10 @@ def _one_or_classes(classes: int) -> int:
     return 1 if classes == 2 else classes
 
 
+def _classes(classes: int) -> int:
+    return classes
+
+
 # ---------------------------------------------------------------------------------------------
 # mse: L = mean((p - t)^2) over every element; dL/dp = 2 (p - t) / size.
 
@@ -418,7 +422,7 @@ _REGISTRY: dict[str, Loss] = {
     ),
     "softmax_cross_entropy": Loss(
         "softmax_cross_entropy", softmax_cross_entropy, _sce_grad, True, _sce_accuracy,
-        _sce_validate, _sce_check_target, _sce_targets, int,
+        _sce_validate, _sce_check_target, _sce_targets, _classes,
     ),
 }  # fmt: skip
 
