@@ -486,8 +486,13 @@ NAMES: tuple[str, ...] = tuple(_REGISTRY)
 RELU_FAMILY: frozenset[str] = frozenset(n for n, r in _REGISTRY.items() if r.family == "relu")
 
 
-def _bind(rec: Activation, settings: dict) -> Activation:
-    """``rec`` with ``settings`` bound into its functions, and the fields they change."""
+@functools.lru_cache(maxsize=256)
+def _bind(rec: Activation, items: tuple) -> Activation:
+    """``rec`` with ``settings`` bound into its functions, and the fields they change.
+
+    Cached by value, so that equal settings give an equal record (and jit's caches hit).
+    """
+    settings = dict(items)
     allowed = list(inspect.signature(rec.fn).parameters)[1:]
     bad = sorted(set(settings) - set(allowed))
     if bad:
@@ -553,7 +558,14 @@ def get(name: str | Activation, **settings) -> Activation:
             f"your own with fnn.activations.define)"
         )
     rec = _REGISTRY[name]
-    return _bind(rec, settings) if settings else rec
+    if not settings:
+        return rec
+    items = tuple(sorted(settings.items()))
+    try:
+        hash(items)
+    except TypeError:  # an unhashable setting: bind it uncached (the checks still run)
+        return _bind.__wrapped__(rec, items)
+    return _bind(rec, items)
 
 
 # ---------------------------------------------------------------------------------------------
