@@ -8,12 +8,15 @@ model's parameters are a list with one entry per layer, e.g.
 
 Dense layers and activations live in :mod:`fnn.layers.basic`; convolution (NHWC) in
 :mod:`fnn.layers.conv`; pooling and reshape in :mod:`fnn.layers.pool`; batch and layer
-normalisation in :mod:`fnn.layers.norm`.
+normalisation in :mod:`fnn.layers.norm`; attention and embeddings in
+:mod:`fnn.layers.attention` and :mod:`fnn.layers.embedding`.
 """
 
+from fnn.layers.attention import attention
 from fnn.layers.base import Layer, apply, check_float, check_positive_int, info, out_shape
 from fnn.layers.basic import activation, custom, default_w_init, dense, dropout, flatten
 from fnn.layers.conv import conv2d
+from fnn.layers.embedding import embedding, position_embedding
 from fnn.layers.norm import batch_norm, layer_norm
 from fnn.layers.pool import avg_pool, global_avg_pool, max_pool, reshape
 
@@ -21,6 +24,7 @@ __all__ = [
     "Layer",
     "activation",
     "apply",
+    "attention",
     "avg_pool",
     "batch_norm",
     "check_float",
@@ -30,11 +34,13 @@ __all__ = [
     "default_w_init",
     "dense",
     "dropout",
+    "embedding",
     "flatten",
     "global_avg_pool",
     "info",
     "layer_norm",
     "max_pool",
     "out_shape",
+    "position_embedding",
     "reshape",
 ]
