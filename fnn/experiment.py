@@ -44,6 +44,7 @@ from fnn import (
     optim,
     parallel,
     plots,
+    recipes,
     runfolder,
     train,
 )
@@ -125,9 +126,21 @@ def output_width(loss: str, classes: int) -> int:
 
 
 def model_for(cfg: dict, ds: data.Dataset):
-    """``(model, loss)``: the config's MLP for a loaded dataset, and its loss name."""
+    """``(model, loss)``: the config's network for a loaded dataset, and its loss name.
+
+    ``cfg["model"]`` is ``"mlp"`` (``--hidden`` widths, ``--activation``) or ``"cnn"``
+    (:func:`fnn.recipes.cnn`, reading each flat row as a square one-channel image, so the
+    dataset is never copied per layout).
+    """
     loss = cfg["loss"] or ds.loss
-    sizes = [math.prod(ds.feature_shape), *cfg["hidden"], output_width(loss, ds.classes)]
+    width = output_width(loss, ds.classes)
+    if cfg.get("model", "mlp") == "cnn":
+        try:
+            shape = recipes.image_shape(ds.feature_shape)
+        except ValueError as err:
+            raise ConfigError(f"--model cnn: {err}") from None
+        return recipes.cnn(shape, width), loss
+    sizes = [math.prod(ds.feature_shape), *cfg["hidden"], width]
     return models.mlp(sizes, activation=cfg["activation"]), loss
 
 

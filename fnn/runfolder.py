@@ -20,6 +20,7 @@ from fnn import checkpoint, files
 
 #: The keys of a run's config (what ``fnn train`` records in ``run.json`` and checkpoints).
 CONFIG_KEYS = (
+    "model",
     "data",
     "hidden",
     "activation",

@@ -15,7 +15,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from fnn import activations, check, experiment, files, losses, models
+from fnn import activations, check, experiment, files, losses, models, recipes
 from fnn.cli import common
 from fnn.cli.common import UsageError
 
@@ -32,8 +32,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--sizes",
         default="64,32,10",
-        help="layer sizes, input first, comma separated (default 64,32,10)",
+        help="layer sizes, input first, comma separated (default 64,32,10); with --model cnn "
+        "the first is a square image's pixel count and the last the classes",
     )
+    common.add_arch_flag(p)
     p.add_argument(
         "--activation",
         default="tanh",
@@ -105,7 +107,15 @@ def run(args) -> int:
     if not 0.0 <= args.dropout < 1.0:
         raise UsageError(f"--dropout: expected a rate in [0, 1), got {args.dropout}")
     dtype = jnp.dtype(args.dtype)
-    model = models.mlp(sizes, activation=args.activation, dropout=args.dropout, dtype=dtype)
+    common.check_choice(args.model or "mlp", common.MODELS, "--model")
+    if args.model == "cnn":
+        try:
+            shape = recipes.image_shape(sizes[0])
+        except ValueError as err:
+            raise UsageError(f"--model cnn: --sizes {err}") from None
+        model = recipes.cnn(shape, sizes[-1], dropout=args.dropout, dtype=dtype)
+    else:
+        model = models.mlp(sizes, activation=args.activation, dropout=args.dropout, dtype=dtype)
     k_init, k_x, k_y, k_drop = jax.random.split(jax.random.key(args.seed), 4)
     params = model.init(k_init)
     x = jax.random.normal(k_x, (args.batch, sizes[0]), dtype)

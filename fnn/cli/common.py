@@ -57,6 +57,20 @@ def add_model_flags(p: argparse.ArgumentParser, defaults: dict) -> None:
     )
 
 
+#: The model families ``--model`` builds (fnn.experiment.MODELS has the recipes).
+MODELS = ("mlp", "cnn")
+
+
+def add_arch_flag(p: argparse.ArgumentParser, default: str = "mlp") -> None:
+    """``--model``: the family of network (an MLP, or a small CNN over the image rows)."""
+    p.add_argument(
+        "--model",
+        default=None,
+        help=f"{', '.join(MODELS)}: an MLP of --hidden widths, or a small CNN (conv 3x3 x32, "
+        f"max-pool, dense 256) that reads each row as a square image (default {default})",
+    )
+
+
 def add_common_flags(p: argparse.ArgumentParser, json_what: str) -> None:
     """``--json``, ``--debug``."""
     p.add_argument("--json", default=None, metavar="PATH", help=f"also write {json_what} here")
@@ -152,5 +166,7 @@ __all__ = [
     "given",
     "one_line",
     "parse_hidden",
+    "MODELS",
+    "add_arch_flag",
     "value",
 ]

@@ -27,6 +27,7 @@ from fnn.cli.common import UsageError
 #: 0.967, 64-256-128 reached 0.975-0.986); Adam with a cosine decay converges without tuning
 #: and the decay removes the last epochs' noise; batch 32 gives 44 steps per epoch.
 DEFAULTS = {
+    "model": "mlp",
     "data": "digits",
     "hidden": "256,128",
     "activation": "relu",
@@ -58,6 +59,7 @@ def add_parser(sub) -> None:
         description=__doc__.split("\n\n")[0],
     )
     common.add_model_flags(p, d)
+    common.add_arch_flag(p, d["model"])
     p.add_argument(
         "--optimizer",
         help=f"{', '.join(optim.NAMES)} (default {d['optimizer']})",
@@ -141,6 +143,7 @@ def parse_config(args) -> tuple[dict, set]:
         "devices": _parse_count(v["devices"], "--devices", "all"),
     }
     common.check_model_flags(args)
+    common.check_choice(cfg["model"], common.MODELS, "--model")
     common.check_choice(cfg["grad"], GRADS, "--grad")
     common.check_choice(cfg["on_nonfinite"], train.ON_NONFINITE, "--on-nonfinite")
     common.check_choice(cfg["optimizer"], optim.NAMES, "--optimizer")
