@@ -155,3 +155,11 @@ def test_attention_reverses_a_sequence_a_per_token_network_cannot(tmp_path):
     # Without attention no position sees another: held-out accuracy stays near 1/10.
     assert r["baseline_accuracy"] < 0.2
     assert 0.8 < r["baseline_params"] / r["params"] < 1.25  # similar size
+
+
+def test_convolution_compares_a_parameter_matched_mlp_and_shows_kernels(tmp_path):
+    r = run_example("convolution", tmp_path)
+    assert abs(r["cnn_params"] - r["mlp_params"]) <= 0.01 * r["cnn_params"]
+    assert r["kernels"].shape == (3, 3, 1, 16)  # the first layer's kernels, as drawn
+    # a few quick epochs already learn digits with both models
+    assert r["cnn_accuracy"] > 0.8 and r["mlp_accuracy"] > 0.8
