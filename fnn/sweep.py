@@ -23,7 +23,6 @@ run: ``seed``, ``lr``, ``test_accuracy``, ``test_loss``, ``history``, ``params_d
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import sys
@@ -47,31 +46,10 @@ def _refuse(cfg: dict, args) -> None:
 
 def _lr_factory(cfg: dict, steps: int):
     """``learning_rate -> optimizer``: the chain ``fnn.optim.get`` builds for the CLI, with the
-    rate as an argument so that ``optax.inject_hyperparams`` can feed each run its own.
-
-    ``optim.get`` checks and memoises a Python float; under ``inject_hyperparams`` the rate
-    arrives as an array, so this calls its unmemoised builder with ``get``'s defaults.
-    """
+    rate as an argument so that ``optax.inject_hyperparams`` can feed each run its own."""
     from fnn import optim
 
-    defaults = {k: p.default for k, p in inspect.signature(optim.get).parameters.items()}
-
-    def factory(learning_rate):
-        return optim._build.__wrapped__(
-            cfg["optimizer"],
-            learning_rate,
-            cfg["schedule"],
-            steps,
-            defaults["warmup"],
-            float(defaults["decay_rate"]),
-            defaults["boundaries"],
-            float(defaults["momentum"]),
-            defaults["weight_decay"],
-            defaults["clip_norm"],
-            (),
-        )
-
-    return factory
+    return optim.factory(cfg["optimizer"], schedule=cfg["schedule"], steps=steps)
 
 
 def _same(a, b) -> bool:

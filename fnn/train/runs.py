@@ -227,8 +227,9 @@ def init_states(model, rep, hp, optimizers, keys):
     """The K start states, each the one ``fit`` builds for a lone run, stacked.
 
     Few runs start exactly as ``fit`` starts one (eager, ~2 ms each once its ops are
-    compiled, which ``fit`` shares). Beyond that the eager starts would cost more
-    than the epoch (beyond :data:`EAGER_INIT_RUNS`), so one compiled ``vmap`` of the same code starts them all; its run 0 is
+    compiled, which ``fit`` shares). Beyond :data:`EAGER_INIT_RUNS` the eager starts would
+    cost more than the epoch, so one compiled ``vmap`` of the same code starts them all; its
+    run 0 is
     checked bit for bit against the eager start (else every run starts eagerly), so the
     compiled start never silently departs from ``fit``'s.
     """
