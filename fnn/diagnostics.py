@@ -29,8 +29,7 @@ import optax
 from fnn import losses as _losses
 from fnn.layers import Layer
 from fnn.models import Model, backward_trace, check_input, forward_trace
-from fnn.train import epoch_indices, init_state, make_epoch, run_key
-from fnn.train.epoch import key_words
+from fnn.train import init_state, make_epoch, run_key
 from fnn.train.loop import Program, run_epochs
 from fnn.train.validate import check_data
 
@@ -203,12 +202,12 @@ def lr_find(
     The rate goes from ``min_lr`` to ``max_lr`` geometrically over ``steps`` minibatch steps
     of ``optimizer`` (any optax optimizer factory taking ``learning_rate``, e.g. one from
     :func:`fnn.optim.rule`; the schedule is injected with ``optax.inject_hyperparams``).
-    It runs on the trainer's engine (:func:`fnn.train.loop.run_epochs`): each epoch one
-    compiled ``lax.scan`` over :func:`fnn.train.epoch_indices`'s shuffled minibatches,
-    recording every step's loss and rate. The loss is smoothed with an exponential moving
-    average (``smoothing``) with bias correction; the sweep is cut where the smoothed loss
-    first exceeds ``diverge_factor`` times its running minimum (or becomes non-finite), and
-    training stops at the end of that epoch.
+    It runs on the trainer's engine (:func:`fnn.train.loop.run_epochs`) as one epoch of
+    ``steps`` minibatches: one compiled ``lax.scan`` (:func:`fnn.train.make_epoch` with
+    ``trace=True``) that records every step's loss and rate. The loss is smoothed with an
+    exponential moving average (``smoothing``) with bias correction; the stop rule cuts the
+    sweep where the smoothed loss first exceeds ``diverge_factor`` times its running minimum
+    (or becomes non-finite).
 
     Suggested rate: the rate at the minimum of the smoothed loss divided by 10. At the
     minimum the rate is already on the edge of instability; a tenth of it still descends
@@ -220,9 +219,8 @@ def lr_find(
         optimizer: optax factory, e.g. ``optax.adam`` or ``optax.sgd``.
         min_lr, max_lr: the sweep's range (``0 < min_lr < max_lr``).
         steps: number of steps in the sweep.
-        batch_size: minibatch size; each epoch is a new permutation of the data.
-        key: PRNG key for init and shuffling (default ``jax.random.key(0)``): the start is
-            :func:`fnn.train.fit`'s for this key.
+        batch_size: minibatch size; batches cycle through fresh permutations of the data.
+        key: PRNG key for init, shuffling and dropout (default ``jax.random.key(0)``).
         params: starting parameters (default ``model.init(key)``).
 
     Returns:
@@ -242,16 +240,23 @@ def lr_find(
     if not 1 <= batch_size <= n:
         raise ValueError(f"batch_size: expected 1..{n} (the dataset size), got {batch_size}")
     key = jax.random.key(0) if key is None else key
+    k_init, k_perm = jax.random.split(key)
     schedule = optax.exponential_decay(min_lr, steps, max_lr / min_lr)
     opt = optax.inject_hyperparams(optimizer)(learning_rate=schedule)
-    state = init_state(model.init(key) if params is None else params, opt, run_key(key))
-    words, per_epoch = key_words(state.key), n // batch_size
+    state = init_state(model.init(k_init) if params is None else params, opt, run_key(key))
+    # The batches cycle through fresh permutations of the data; all steps are one epoch of
+    # the engine: one compiled scan, every step's loss and rate traced.
+    reps = -(-steps // (n // batch_size))
+    order = jnp.concatenate(
+        [jax.random.permutation(jax.random.fold_in(k_perm, r), n) for r in range(reps)]
+    )[: steps * batch_size]
+    idx = order.astype(jnp.int32).reshape(steps, batch_size)
     stop = _DivergenceStop(steps, smoothing, diverge_factor)
     program = Program(
         epoch=make_epoch(model, loss, opt, trace=True),
         replay=None,
         evaluate=None,
-        tables=lambda e: jax.device_put(epoch_indices(words, e, n, batch_size)),
+        tables=lambda e: idx,
     )
     _, history = run_epochs(
         program,
@@ -259,8 +264,8 @@ def lr_find(
         (jax.device_put(x), jax.device_put(y)),
         None,
         first=0,
-        epochs=-(-steps // per_epoch),
-        steps=per_epoch,
+        epochs=1,
+        steps=steps,
         on_nonfinite="stop",
         progress=False,
         callback=stop,

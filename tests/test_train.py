@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import fnn
-from fnn import losses, optim, train
+from fnn import diagnostics, losses, many, optim, train
 
 CE = losses.get("softmax_cross_entropy")
 
@@ -479,6 +479,73 @@ def test_skip_guards_cond_and_select_agree(grad):
     (a, sa), (b, sb) = out["cond"], out["select"]
     assert int(sa["skipped"]) == int(sb["skipped"]) == 1
     assert int(a.step) == int(b.step) == 4
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)[:-1] + [b.key], strict=True):
-        if jnp.issubdtype(u.dtype, jnp.inexact):
+    # Every leaf is compared: floats to round-off, counters exactly, the keys by their data
+    # (a typed key has no float dtype, so it needs key_data to be compared at all).
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert u.dtype == v.dtype
+        if jnp.issubdtype(u.dtype, jax.dtypes.prng_key):
+            np.testing.assert_array_equal(jax.random.key_data(u), jax.random.key_data(v))
+        elif jnp.issubdtype(u.dtype, jnp.inexact):
             np.testing.assert_allclose(u, v, rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(u, v)
+    assert jnp.issubdtype(a.key.dtype, jax.dtypes.prng_key)  # the key leaf was among them
+
+
+# ---------------------------------------------------------------------------------------------
+# float32 in-process: conftest enables x64 for the session, so these pin every dtype.
+
+
+def _dtypes(tree):
+    return {str(a.dtype) for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.inexact)}
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [
+        optim.get("adam", 1e-2, schedule="warmup_cosine", steps=8),
+        optax.sgd(optax.exponential_decay(0.1, 4, 0.5), momentum=0.9),
+        optax.inject_hyperparams(optax.rmsprop)(learning_rate=0.01),
+    ],
+    ids=["optim.get", "optax-schedule", "inject"],
+)
+def test_float32_training_stays_float32_with_x64_enabled(opt):
+    """Under x64 a schedule computes in float64; the state must still come back float32
+    (else the next step would retrace and the run would silently train in float64)."""
+    assert jax.config.jax_enable_x64  # the session's setting, which makes this test bite
+    model = fnn.mlp([2, 8, 2], activation="tanh", dtype=jnp.float32)
+    x, y = blobs(64, dtype=np.float32)
+    loss, calls = counting(CE)
+    state = train.init_state(model.init(jax.random.key(0)), opt, jax.random.key(1))
+    step = train.make_step(model, loss, opt)
+    for i in range(3):
+        state, metrics = step(state, jnp.asarray(x[:16]), jnp.asarray(y[:16]))
+    assert calls[0] == 1  # one trace: the output state's avals equal the input's
+    assert _dtypes(state.params) == {"float32"}
+    assert _dtypes(state.opt_state) <= {"float32"}
+    assert metrics["loss"].dtype == jnp.float32
+    fitted, hist = train.fit(
+        model, CE, opt, (x, y), epochs=2, batch_size=16, key=jax.random.key(0), progress=False
+    )
+    assert _dtypes(fitted.params) == {"float32"} and _dtypes(fitted.opt_state) <= {"float32"}
+    assert all(np.isfinite(hist["train_loss"]))
+    assert train.evaluate(model, CE, fitted.params, (x, y))["accuracy"] > 0.4
+
+
+def test_float32_sweep_and_lr_find_stay_float32():
+    model = fnn.mlp([2, 8, 2], activation="tanh", dtype=jnp.float32)
+    x, y = blobs(64, dtype=np.float64)  # float64 data is cast to the model's dtype
+    states, _ = many.fit_many(
+        model,
+        CE,
+        optax.adam,
+        (x, y),
+        epochs=1,
+        batch_size=16,
+        seeds=[0, 1],
+        hparams={"learning_rate": [1e-3, 1e-2]},
+        progress=False,
+    )
+    assert _dtypes(states.params) == {"float32"} and _dtypes(states.opt_state) <= {"float32"}
+    res = diagnostics.lr_find(model, CE, (x, y), steps=12, batch_size=16)
+    assert res.losses.shape == res.lrs.shape == (12,) and np.all(np.isfinite(res.losses))

@@ -44,16 +44,27 @@ class _Identity:
 
 
 def value_key(obj):
-    """What a static argument is compared by: a model by its layer, shapes and dtype (the
-    rest of a :class:`fnn.models.Model` is derived from them), a hashable record by value,
-    anything else by identity."""
-    if all(hasattr(obj, a) for a in ("layer", "in_shape", "dtype", "init")):
-        return ("model", obj.layer, tuple(obj.in_shape), np.dtype(obj.dtype).name)
+    """What a static argument is compared by: its value where it can be hashed; a record
+    with an unhashable field (a model's ``params_spec`` list) field by field; a pytree of
+    hashable leaves by its structure and leaves; anything else by identity.
+
+    Functions inside records compare by identity, so two records are equal exactly when
+    they run the same code on the same settings.
+    """
     try:
         hash(obj)
     except TypeError:
+        pass
+    else:
+        return obj
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a NamedTuple record
+        return (type(obj), tuple(value_key(f) for f in obj))
+    leaves, treedef = jax.tree.flatten(obj)
+    try:
+        hash(tuple(leaves))
+    except TypeError:
         return _Identity(obj)
-    return obj
+    return (treedef, tuple(leaves))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -61,21 +72,24 @@ class Static:
     """A bundle of records and settings passed to ``jax.jit`` as one static argument.
 
     Equal (and equally hashed) when every field's :func:`value_key` is equal, so a new
-    ``optim.get(...)`` of the same settings, or a rebuilt loss record of the same functions,
-    hits the compiled program of the first.
+    ``optim.get(...)`` of the same settings, or a loss record rebuilt from the same
+    functions, hits the compiled program of the first. The hash is computed once.
     """
 
     fields: tuple
     key: Any = dataclasses.field(init=False, repr=False)
+    digest: int = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "key", tuple(value_key(f) for f in self.fields))
+        key = tuple(value_key(f) for f in self.fields)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "digest", hash(key))
 
     def __eq__(self, other):
-        return isinstance(other, Static) and self.key == other.key
+        return isinstance(other, Static) and (self is other or self.key == other.key)
 
     def __hash__(self):
-        return hash(self.key)
+        return self.digest
 
 
 @dataclasses.dataclass(frozen=True)
