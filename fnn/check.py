@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn import layers
 from fnn import losses as _losses
 from fnn.fd import (  # noqa: F401  (re-exported: part of fnn.check's public API)
     FD_TOLERANCES,
@@ -66,7 +67,7 @@ from fnn.fd import (  # noqa: F401  (re-exported: part of fnn.check's public API
     PrecisionWarning,
     numerical_grad,
 )
-from fnn.models import Model, forward_trace
+from fnn.models import Model, sublayers, taps
 
 #: Default ``(rtol, atol_fraction)`` for comparing two analytic gradients, by dtype; the
 #: absolute tolerance is ``atol_fraction`` times the leaf's largest magnitude (see the module
@@ -322,32 +323,24 @@ def assert_grads_close(a, b, *, rtol: float | None = None, atol: float | None = 
 def kink_pattern(model: Model, x, *, key=None, train: bool = False) -> Callable | None:
     """Build ``kink_fn(params)`` for :func:`numerical_grad` from a model's kinked activations.
 
-    For every leaf layer whose activation has ``kinks`` (relu, leaky_relu), the pattern holds
-    the side of each kink its pre-activation lies on, ``sum_k (pre > k)`` (``>`` because fnn's
-    derivative at a kink is the left-hand one). Returns ``None`` when the model has no kinks.
+    For every activation layer whose activation has ``kinks`` (relu, leaky_relu), the pattern
+    holds the side of each kink its pre-activation (the layer's input, from
+    :func:`fnn.models.taps`) lies on, ``sum_k (pre > k)`` (``>`` because fnn's derivative at a
+    kink is the left-hand one). Returns ``None`` when the model has no kinks.
     """
-    layer = model.layer
-    if not _kinked(layer):
+    kinked = {
+        path: act.kinks
+        for path, lyr in sublayers(model).items()
+        if (act := layers.info(lyr, "activation")) is not None and act.kinks
+    }
+    if not kinked:
         return None
 
-    def regions(lyr, tape):
-        if lyr.children:
-            return [r for c, t in zip(lyr.children, tape, strict=True) for r in regions(c, t)]
-        if not _kinked(lyr):
-            return []
-        pre = tape[0]
-        return [sum((pre > k).astype(jnp.int8) for k in lyr.activation.kinks)]
-
     def kink_fn(params):
-        return regions(layer, forward_trace(layer, params, x, key=key, train=train)[1])
+        t = taps(model, params, x, key=key, train=train)
+        return [sum((t[p]["in"] > k).astype(jnp.int8) for k in ks) for p, ks in kinked.items()]
 
     return kink_fn
-
-
-def _kinked(layer) -> bool:
-    if layer.children:
-        return any(_kinked(c) for c in layer.children)
-    return layer.activation is not None and bool(layer.activation.kinks)
 
 
 class ModelRow(NamedTuple):

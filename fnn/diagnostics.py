@@ -18,43 +18,23 @@ inside ``jax.jit`` or from a ``fit`` callback.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fnn import activations as _act
+from fnn import layers
 from fnn import losses as _losses
-from fnn.layers import Layer
-from fnn.models import Model, backward_trace, check_input, forward_trace
+from fnn.models import Model, check_input, sublayers, taps
 from fnn.train import init_state, make_epoch, run_key
 from fnn.train.loop import Program, run_epochs
 from fnn.train.validate import check_data
 
 Array = jax.Array
-
-
-def _walk(layer: Layer, params, tape, prefix: str = "") -> Iterator[tuple[str, Layer, Any, Any]]:
-    """Yield ``(path, leaf_layer, params, tape)`` for every leaf layer, in forward order."""
-    if layer.children:
-        for i, child in enumerate(layer.children):
-            yield from _walk(child, params[i], tape[i], f"{prefix}[{i}]")
-    else:
-        yield prefix or "[0]", layer, params, tape
-
-
-def _dense_paths(model: Model, params) -> list[tuple[str, Any]]:
-    out = []
-    if model.layer.children:
-        items = [(f"[{i}]", p) for i, p in enumerate(params)]
-    else:
-        items = [("[0]", params)]
-    for path, p in items:
-        if isinstance(p, dict) and "w" in p:
-            out.append((path, p))
-    return out
 
 
 def grad_norms(grads, model: Model | None = None) -> dict[str, Array]:
@@ -121,7 +101,8 @@ def unit_stats(model: Model, params, x: Array, *, threshold: float = 0.05) -> Un
             the activation's peak derivative (0.25 for sigmoid, 1 for tanh).
 
     Returns:
-        A :class:`UnitStats`; fractions are scalars in ``[0, 1]``.
+        A :class:`UnitStats` keyed by each activation layer's path
+        (:func:`fnn.models.sublayers`); fractions are scalars in ``[0, 1]``.
 
     Example:
         >>> import jax, jax.numpy as jnp, fnn
@@ -132,16 +113,17 @@ def unit_stats(model: Model, params, x: Array, *, threshold: float = 0.05) -> Un
         1.0
     """
     check_input(model, x)
-    _, tape = forward_trace(model.layer, params, x)
+    t = taps(model, params, x)
     dead, saturated, mean_d = {}, {}, {}
-    for path, layer, _, (xin, _) in _walk(model.layer, params, tape):
-        act = layer.activation
+    for path, layer in sublayers(model).items():
+        act = layers.info(layer, "activation")
         if act is None or not act.elementwise:
             continue
+        xin = t[path]["in"]
         deriv = act.vjp(xin, jnp.ones_like(xin))
         per_unit = jnp.mean(deriv.reshape(deriv.shape[0], -1), axis=0)
         mean_d[path] = jnp.mean(per_unit)
-        if act.name in ("relu", "leaky_relu", "elu", "gelu", "silu", "softplus"):
+        if act.name in _act.RELU_FAMILY:
             ever_on = jnp.any(xin.reshape(xin.shape[0], -1) > 0, axis=0)
             dead[path] = 1.0 - jnp.mean(ever_on.astype(jnp.float32))
         if act.name in _PEAK:
@@ -153,8 +135,8 @@ def unit_stats(model: Model, params, x: Array, *, threshold: float = 0.05) -> Un
 def layer_grad_norms(model: Model, loss, params, x: Array, y: Array) -> dict[str, Array]:
     """Weight-gradient norm per dense layer for ``loss`` on ``(x, y)``, by the manual sweep."""
     loss = _losses.get(loss)
-    out, tape = forward_trace(model.layer, params, x)
-    grads, _ = backward_trace(model.layer, params, tape, loss.grad(out, y))
+    out, res = model.forward(params, x)
+    grads, _ = model.backward(params, res, loss.grad(out, y))
     return grad_norms(grads)
 
 

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn import models as _models
 from fnn.train.epoch import Static
 from fnn.train.runs import as_hparams, optimizers
 
@@ -55,7 +54,7 @@ def _footprint(records: Static, settings: tuple):
     p = _nbytes(params)
     state = p + _nbytes(jax.eval_shape(optimizer.init, params)) + 16
     x1 = jax.ShapeDtypeStruct((1, *model.in_shape), model.dtype)
-    tape = jax.eval_shape(lambda q, x: _models.forward_trace(model.layer, q, x)[1], params, x1)
+    tape = jax.eval_shape(lambda q, x: model.forward(q, x)[1], params, x1)
     act = _nbytes(tape)
     row = _nbytes(x1) + y_row
     steps = n // b
