@@ -225,7 +225,8 @@ def lr_find(
     k_init, k_perm = jax.random.split(key)
     schedule = optax.exponential_decay(min_lr, steps, max_lr / min_lr)
     opt = optax.inject_hyperparams(optimizer)(learning_rate=schedule)
-    state = init_state(model.init(k_init) if params is None else params, opt, run_key(key))
+    start = model.init(k_init) if params is None else params
+    state = init_state(start, opt, run_key(key), model.init_state())
     # The batches cycle through fresh permutations of the data; all steps are one epoch of
     # the engine: one compiled scan, every step's loss and rate traced.
     reps = -(-steps // (n // batch_size))

@@ -5,9 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from stateful_layer import centering
 
 import fnn
 from fnn import diagnostics, losses, many, optim, train
+from fnn.train import GRADS
 
 CE = losses.get("softmax_cross_entropy")
 
@@ -518,7 +520,7 @@ def test_float32_training_stays_float32_with_x64_enabled(opt):
     loss, calls = counting(CE)
     state = train.init_state(model.init(jax.random.key(0)), opt, jax.random.key(1))
     step = train.make_step(model, loss, opt)
-    for i in range(3):
+    for _ in range(3):
         state, metrics = step(state, jnp.asarray(x[:16]), jnp.asarray(y[:16]))
     assert calls[0] == 1  # one trace: the output state's avals equal the input's
     assert _dtypes(state.params) == {"float32"}
@@ -549,3 +551,81 @@ def test_float32_sweep_and_lr_find_stay_float32():
     assert _dtypes(states.params) == {"float32"} and _dtypes(states.opt_state) <= {"float32"}
     res = diagnostics.lr_find(model, CE, (x, y), steps=12, batch_size=16)
     assert res.losses.shape == res.lrs.shape == (12,) and np.all(np.isfinite(res.losses))
+
+
+# ---------------------------------------------------------------------------------------------
+# Model state (running statistics) through the engine
+
+
+def _stateful_model(dtype=jnp.float64):
+    layers = fnn.layers
+    return fnn.models.build(
+        fnn.models.serial(
+            layers.dense(6), centering(0.5), layers.activation("tanh"), layers.dense(2)
+        ),
+        (2,),
+        dtype,
+    )
+
+
+def test_stateless_models_carry_an_empty_model_state():
+    model = fnn.mlp([2, 4, 2], activation="tanh")
+    x, y = blobs(32)
+    state, _ = train.fit(
+        model,
+        CE,
+        optax.sgd(0.1),
+        (x, y),
+        epochs=1,
+        batch_size=16,
+        key=jax.random.key(0),
+        progress=False,
+    )
+    assert state.model_state == {} and jax.tree.leaves(state.model_state) == []
+
+
+@pytest.mark.parametrize("grad", ["autodiff", "manual"])
+def test_a_step_updates_the_running_statistics_from_the_batch(grad):
+    model = _stateful_model()
+    x, y = blobs(16, dtype=np.float64)
+    params = model.init(jax.random.key(0))
+    h = x @ np.asarray(params[0]["w"]) + np.asarray(params[0]["b"])  # the centering's input
+    state = train.init_state(params, optax.sgd(0.1), jax.random.key(1), model.init_state())
+    new, _ = train.make_step(model, CE, optax.sgd(0.1), grad=grad)(state, x, y)
+    np.testing.assert_allclose(new.model_state[1]["mean"], 0.5 * h.mean(0), rtol=1e-12)
+    var = ((h - h.mean(0)) ** 2).mean(0)
+    np.testing.assert_allclose(new.model_state[1]["var"], 0.5 + 0.5 * var, rtol=1e-12)
+
+
+def test_stateful_fit_manual_equals_autodiff_and_evaluation_reads_the_state():
+    model = _stateful_model()
+    x, y = blobs(96, dtype=np.float64)
+    kw = dict(epochs=3, batch_size=16, key=jax.random.key(0), progress=False)
+    runs = {g: train.fit(model, CE, optax.adam(1e-2), (x, y), grad=g, **kw)[0] for g in GRADS}
+    a, m = runs["autodiff"], runs["manual"]
+    for u, v in zip(
+        jax.tree.leaves((a.params, a.model_state)),
+        jax.tree.leaves((m.params, m.model_state)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(u, v, rtol=1e-9, atol=1e-9)  # centering zeroes b0's grad
+    assert float(jnp.max(jnp.abs(a.model_state[1]["mean"]))) > 1e-3  # it moved from zeros
+    # evaluate(state) runs the model in evaluation mode with the running statistics.
+    out = model.apply(a.params, jnp.asarray(x), state=a.model_state)
+    expected = float(CE.fn(out, jnp.asarray(y)))
+    got = train.evaluate(model, CE, a, (x, y))["loss"]
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    fresh = train.evaluate(model, CE, a.params, (x, y))["loss"]  # init_state's statistics
+    assert abs(fresh - got) > 1e-6
+
+
+def test_fit_many_threads_each_runs_model_state():
+    model = _stateful_model()
+    x, y = blobs(64, dtype=np.float64)
+    kw = dict(epochs=2, batch_size=16, progress=False)
+    states, _ = many.fit_many(model, CE, optax.sgd(0.1), (x, y), seeds=[0, 1], **kw)
+    for k in (0, 1):
+        alone, _ = train.fit(model, CE, optax.sgd(0.1), (x, y), key=jax.random.key(k), **kw)
+        np.testing.assert_allclose(
+            many.take(states.model_state, k)[1]["var"], alone.model_state[1]["var"], rtol=1e-10
+        )

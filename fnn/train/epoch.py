@@ -130,6 +130,7 @@ def _select(take, new: TrainState, old: TrainState) -> TrainState:
         jax.tree.map(pick, new.opt_state, old.opt_state),
         pick(new.step, old.step),
         old.key,
+        jax.tree.map(pick, new.model_state, old.model_state),
     )
 
 
@@ -160,23 +161,23 @@ def _step_body(spec: EpochSpec, keys):
     names = ("loss", "accuracy") if mode == "fast" else METRICS_GUARDED
     measure, apply = step_parts(spec.model, spec.loss, spec.optimizer, spec.grad, names)
 
-    def keep(state, grads):
-        del grads
+    def keep(state, update):
+        del update
         return state._replace(step=state.step + 1) if mode == "skip" else state
 
     def body(carry, inp):
         state, sums, first_bad, what = carry
         i, xb, yb = inp
-        grads, m = measure(state, xb, yb)
+        update, m = measure(state, xb, yb)
         ok_loss = jnp.isfinite(m["loss"])
         fresh = first_bad < 0
         if mode == "fast":
-            state, take, bad = apply(state, grads), jnp.bool_(True), ~ok_loss
+            state, take, bad = apply(state, update), jnp.bool_(True), ~ok_loss
         else:
             ok_grad = jnp.isfinite(m["grad_norm"])
             if mode == "replay":
-                new = apply(state, grads)
-                ok_params = all_finite(new.params)
+                new = apply(state, update)
+                ok_params = all_finite((new.params, new.model_state))
                 bad = ~(ok_loss & ok_grad & ok_params)
                 take = fresh & ~bad
                 state = _select(take, new, state)
@@ -185,9 +186,9 @@ def _step_body(spec: EpochSpec, keys):
                 bad = ~(ok_loss & ok_grad)
                 take = ~bad
                 if guard == "cond":
-                    state = jax.lax.cond(take, apply, keep, state, grads)
+                    state = jax.lax.cond(take, apply, keep, state, update)
                 else:
-                    new = apply(state, grads)
+                    new = apply(state, update)
                     state = _select(take, new, state)._replace(step=new.step)
             sums["skipped"] = sums["skipped"] + bad.astype(jnp.int32)
         first_bad = jnp.where(fresh & bad, i, first_bad)
@@ -231,7 +232,7 @@ def epoch_program(spec: EpochSpec):
         summary = {k: sums[k] / sums["taken"] for k in keys}
         summary.update(first_bad=first_bad, what=what)
         if spec.mode == "fast":
-            summary["finite"] = all_finite((state.params, state.opt_state))
+            summary["finite"] = all_finite((state.params, state.opt_state, state.model_state))
         else:
             summary["skipped"] = sums["skipped"]
         lr = _optim.learning_rate(state.opt_state)
@@ -350,8 +351,9 @@ def epoch_indices(key, epoch: int, n: int, batch_size: int) -> np.ndarray:
 
 
 def eval_program(model, loss, batch_size: int | None, mesh=None):
-    """The pure ``(params, x, y) -> {"loss", "accuracy"?}``: exact means over the dataset
-    in padded, masked batches of ``batch_size``."""
+    """The pure ``(params, model_state, x, y) -> {"loss", "accuracy"?}``: exact means over
+    the dataset in padded, masked batches of ``batch_size``, the model in evaluation mode
+    reading ``model_state`` (running statistics)."""
     loss = _losses.get(loss)
     sharding = None if mesh is None else _parallel.batch_sharding(mesh, axis=1)
 
@@ -360,8 +362,9 @@ def eval_program(model, loss, batch_size: int | None, mesh=None):
         # the outputs, which each example has equally many of), so a 1-row batch is one term.
         return jax.vmap(lambda o, t: fn(o[None], t[None]))(out, y)
 
-    def run(params, x, y):
+    def run(params, model_state, x, y):
         n = x.shape[0]
+        ms = model_state if model.stateful else None
         b = min(batch_size or n, n)
         nb = -(-n // b)
         pad = nb * b - n
@@ -373,7 +376,7 @@ def eval_program(model, loss, batch_size: int | None, mesh=None):
 
         def body(acc, inp):
             xb, yb, mb = inp
-            out = model.apply(params, xb)
+            out = model.apply(params, xb, state=ms)
             acc = dict(acc)
             acc["loss"] = acc["loss"] + jnp.sum(jnp.where(mb, per_example(loss.fn, out, yb), 0))
             if loss.accuracy is not None:
@@ -392,11 +395,12 @@ def eval_program(model, loss, batch_size: int | None, mesh=None):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _eval(records: Static, settings: tuple, params, x, y):
+def _eval(records: Static, settings: tuple, params, model_state, x, y):
     model, loss = records.fields
-    return eval_program(model, loss, *settings)(params, x, y)
+    return eval_program(model, loss, *settings)(params, model_state, x, y)
 
 
 def make_eval(model, loss, batch_size: int | None, mesh=None):
-    """The compiled :func:`eval_program` (``jax.jit``'s cache, keyed by value)."""
+    """The compiled :func:`eval_program`, ``f(params, model_state, x, y)`` (``jax.jit``'s
+    cache, keyed by value)."""
     return functools.partial(_eval, Static((model, _losses.get(loss))), (batch_size, mesh))

@@ -31,7 +31,7 @@ class Program(NamedTuple):
     Attributes:
         epoch: ``epoch(state, x, y, idx) -> (state, summary)``, compiled.
         replay: the same program in ``"replay"`` mode (for ``"raise"``), or ``None``.
-        evaluate: ``evaluate(params, x, y) -> {name: value}``, or ``None``.
+        evaluate: ``evaluate(params, model_state, x, y) -> {name: value}``, or ``None``.
         tables: ``tables(e)``: the placed index table of epoch ``e``.
         runs: ``None`` for one run (scalar summaries), else K (summaries ``[K]``).
         labels: per-run descriptions for messages, e.g. ``["run 0, learning_rate=0.1"]``.
@@ -151,7 +151,9 @@ def run_epochs(
                 # One multi-device program in flight at a time: queued ones can deadlock in
                 # XLA's CPU collectives on a machine with few cores.
                 jax.block_until_ready(summary)
-            evals = program.evaluate(state.params, *eval_data) if eval_data else {}
+            evals = {}
+            if eval_data:
+                evals = program.evaluate(state.params, state.model_state, *eval_data)
             summary, evals = jax.device_get(jax.block_until_ready((summary, evals)))
             if "finite" in summary and _bad(summary).any():
                 if on_nonfinite == "stop":

@@ -53,6 +53,7 @@ def _footprint(records: Static, settings: tuple):
     params = model.params_spec
     p = _nbytes(params)
     state = p + _nbytes(jax.eval_shape(optimizer.init, params)) + 16
+    state += _nbytes(jax.eval_shape(model.init_state))
     x1 = jax.ShapeDtypeStruct((1, *model.in_shape), model.dtype)
     tape = jax.eval_shape(lambda q, x: model.forward(q, x)[1], params, x1)
     act = _nbytes(tape)

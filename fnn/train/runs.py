@@ -208,7 +208,7 @@ def runs_sharding(mesh, axis):
 
 def init_one(model, opt, key):
     """Run ``key``'s start, :func:`fnn.train.fit`'s: ``model.init(key)``, key ``run_key(key)``."""
-    return init_state(model.init(key), opt, run_key(key))
+    return init_state(model.init(key), opt, run_key(key), model.init_state())
 
 
 def leaves_equal(a, b) -> bool:
@@ -375,16 +375,16 @@ def make_many_epoch(spec: EpochSpec, layout: RunsSpec):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _many_eval(records: Static, settings: tuple, params, x, y):
+def _many_eval(records: Static, settings: tuple, params, model_state, x, y):
     model, loss = records.fields
     batch, data_axis, mesh = settings
-    run = _vmap(eval_program(model, loss, batch, None), (0, data_axis, data_axis))
-    out = run(params, x, y)
+    run = _vmap(eval_program(model, loss, batch, None), (0, 0, data_axis, data_axis))
+    out = run(params, model_state, x, y)
     if mesh is None:
         return out
     return jax.lax.with_sharding_constraint(out, runs_sharding(mesh, 0))
 
 
 def make_many_eval(model, loss, batch: int, data_axis, mesh):
-    """``evaluate(params, x, y)`` for K stacked runs: each entry ``[K]``."""
+    """``evaluate(params, model_state, x, y)`` for K stacked runs: each entry ``[K]``."""
     return functools.partial(_many_eval, Static((model, loss)), (batch, data_axis, mesh))

@@ -37,12 +37,16 @@ class TrainState(NamedTuple):
             skipped ones count too, so ``step // steps_per_epoch`` is the epoch).
         key: PRNG key ``[]`` (typed, ``jax.random.key``) or raw uint32 ``[2]``, constant over
             the run: dropout at step ``s`` uses ``fold_in(key, s)`` and shuffling seeds from it.
+        model_state: the model's state pytree (``model.init_state()``: batch norm's running
+            statistics), updated by every training step and read by evaluation; ``{}`` for a
+            stateless model.
     """
 
     params: Any
     opt_state: Any
     step: Array
     key: Array
+    model_state: Any = {}  # noqa: RUF012 - an empty pytree, replaced, never mutated
 
 
 class NonFiniteError(FloatingPointError):
@@ -90,52 +94,65 @@ def _match(new, old):
     )
 
 
-def init_state(params, optimizer: optax.GradientTransformation, key) -> TrainState:
+def init_state(
+    params, optimizer: optax.GradientTransformation, key, model_state=None
+) -> TrainState:
     """A fresh :class:`TrainState`: ``optimizer.init(params)``, ``step = 0``.
 
     Args:
         params: model parameters, e.g. ``model.init(key)``.
         optimizer: any optax ``GradientTransformation`` (e.g. from :func:`fnn.optim.get`).
         key: the run's PRNG key (dropout and shuffling derive from it).
+        model_state: the model's state, ``model.init_state()`` (needed for a stateful model
+            such as one with batch norm; ``None``: ``{}``, a stateless model).
 
     ``params`` are used as they are, not copied: a step from :func:`make_step` donates them.
     """
     check_key(key)
     params = strong(params)
-    return TrainState(params, strong(optimizer.init(params)), jnp.zeros((), jnp.int32), key)
+    model_state = {} if model_state is None else strong(model_state)
+    opt_state = strong(optimizer.init(params))
+    return TrainState(params, opt_state, jnp.zeros((), jnp.int32), key, model_state)
 
 
 def _value_and_grad(model: Model, loss, grad: str, accuracy: bool):
-    """``f(params, x, y, key) -> (loss, output or None, grads)`` by autodiff or the sweep."""
+    """``f(params, x, y, key, model_state) -> (loss, output or None, grads, model_state)``,
+    by autodiff or the hand-written sweep; a stateless model's state passes through."""
     if grad == "manual":
-        sweep = _backprop.value_and_grad(model, loss)
+        sweep = _backprop.value_grad_state(model, loss)
 
-        def manual(params, x, y, key):
-            value, grads = sweep(params, x, y, key=key, train=True)
+        def manual(params, x, y, key, ms):
+            ms_in = ms if model.stateful else None
+            value, grads, new = sweep(params, x, y, key=key, train=True, state=ms_in)
             # The same forward as the sweep's (same params, input, key): XLA's CSE merges it,
             # so the accuracy costs no second forward pass (checked: equal dot counts).
-            out = model.apply(params, x, key=key, train=True) if accuracy else None
-            return value, out, grads
+            out = model.apply(params, x, key=key, train=True, state=ms_in) if accuracy else None
+            return value, out, grads, new if model.stateful else ms
 
         return manual
 
-    def objective(params, x, y, key):
-        out = model.apply(params, x, key=key, train=True)
-        return loss.fn(out, y), out
+    def objective(params, x, y, key, ms):
+        if not model.stateful:
+            out = model.apply(params, x, key=key, train=True)
+            return loss.fn(out, y), (out, ms)
+        out, res = model.forward(params, x, key=key, train=True, state=ms)
+        return loss.fn(out, y), (out, model.layer.next_state(ms, res))
 
     vag = jax.value_and_grad(objective, has_aux=True)
 
-    def autodiff(params, x, y, key):
-        (value, out), grads = vag(params, x, y, key)
-        return value, out, grads
+    def autodiff(params, x, y, key, ms):
+        (value, (out, new)), grads = vag(params, x, y, key, ms)
+        return value, out, grads, new
 
     return autodiff
 
 
 def step_parts(model: Model, loss, optimizer, grad: str, metrics=METRICS):
-    """The two halves of a step: ``measure(state, x, y) -> (grads, metrics)`` and
-    ``apply(state, grads) -> state``, kept apart so that an epoch can guard the second.
+    """The two halves of a step: ``measure(state, x, y) -> (update, metrics)`` and
+    ``apply(state, update) -> state``, kept apart so that an epoch can guard the second.
 
+    ``update`` is ``(grads, model_state)``: the gradients and the model's next state (batch
+    statistics folded into the running ones), both applied together or not at all.
     ``metrics`` names what ``measure`` reports besides ``"loss"`` (always there):
     ``"accuracy"`` (classification losses only) and ``"grad_norm"``.
     """
@@ -149,7 +166,7 @@ def step_parts(model: Model, loss, optimizer, grad: str, metrics=METRICS):
     def measure(state: TrainState, x, y):
         # A key is always passed; without dropout nothing reads it and XLA drops the fold_in.
         key = jax.random.fold_in(state.key, state.step)
-        value, out, grads = value_and_grad(state.params, x, y, key)
+        value, out, grads, model_state = value_and_grad(state.params, x, y, key, state.model_state)
         found = {"loss": value}
         if "grad_norm" in metrics:
             # The barrier makes XLA materialise the gradients before reducing them: left
@@ -158,9 +175,10 @@ def step_parts(model: Model, loss, optimizer, grad: str, metrics=METRICS):
             found["grad_norm"] = optax.tree.norm(jax.lax.optimization_barrier(grads))
         if accuracy:
             found["accuracy"] = loss.accuracy(out, y)
-        return grads, found
+        return (grads, model_state), found
 
-    def apply(state: TrainState, grads) -> TrainState:
+    def apply(state: TrainState, update) -> TrainState:
+        grads, model_state = update
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(
@@ -168,6 +186,7 @@ def step_parts(model: Model, loss, optimizer, grad: str, metrics=METRICS):
             _match(opt_state, state.opt_state),
             state.step + 1,
             state.key,
+            _match(model_state, state.model_state),
         )
 
     return measure, apply
@@ -178,8 +197,8 @@ def step_fn(model: Model, loss, optimizer, grad: str = "autodiff", metrics=METRI
     measure, apply = step_parts(model, loss, optimizer, grad, metrics)
 
     def step(state: TrainState, x, y):
-        grads, found = measure(state, x, y)
-        return apply(state, grads), found
+        update, found = measure(state, x, y)
+        return apply(state, update), found
 
     return step
 

@@ -40,7 +40,7 @@ def _start(model, optimizer, init, key):
         check_key(key)
         params = model.init(key) if init is None else init
         check_params(model, params)
-        return init_state(params, optimizer, run_key(key))
+        return init_state(params, optimizer, run_key(key), model.init_state())
     check_params(model, init.params)
     return init
 
@@ -191,7 +191,9 @@ def evaluate(model: Model, loss, params, data, batch_size: int | None = None) ->
 
     Args:
         model, loss: the model and a loss name or record.
-        params: parameters of ``model``.
+        params: parameters of ``model``, or a :class:`TrainState` (its parameters and model
+            state: a stateful model is evaluated with its running statistics; given bare
+            parameters, it uses ``model.init_state()``).
         data: ``(x, y)``, checked like :func:`fit`'s data.
         batch_size: examples per compiled batch (``None``: all at once). The last batch is
             padded and its padding masked, so the result is the exact mean over the dataset
@@ -203,8 +205,12 @@ def evaluate(model: Model, loss, params, data, batch_size: int | None = None) ->
     loss = _losses.get(loss)
     x, y = check_data(model, loss, data, "data")
     b = check_batch_size(batch_size, len(x), "batch_size")
+    if isinstance(params, TrainState):
+        params, model_state = params.params, params.model_state
+    else:
+        model_state = model.init_state()
     check_params(model, params)
-    out = make_eval(model, loss, b, None)(params, x, y)
+    out = make_eval(model, loss, b, None)(params, model_state, x, y)
     return {k: float(v) for k, v in jax.device_get(out).items()}
 
 
