@@ -203,6 +203,14 @@ def runs_sharding(mesh, axis):
     return NamedSharding(mesh, PartitionSpec(RUNS_AXIS) if axis == 0 else PartitionSpec())
 
 
+def placer(mesh):
+    """``place(a, axis)``: onto the device, or split over the runs mesh (axis 0: per run,
+    ``None``: replicated)."""
+    if mesh is None:
+        return lambda a, axis: jax.device_put(a)
+    return lambda a, axis: jax.device_put(a, runs_sharding(mesh, axis))
+
+
 # ------------------------------------------------------------------------------ start states
 
 

@@ -8,6 +8,8 @@ same loop over a vmapped program.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -337,6 +339,94 @@ def fit_many(
     """
     loss = _losses.get(loss)
     _check_many_settings(loss, epochs, grad, shuffle, on_nonfinite, chunk)
+    sweep = _plan_sweep(
+        model,
+        loss,
+        optimizer,
+        data,
+        eval_data,
+        keys,
+        seeds,
+        hparams,
+        batch_size,
+        eval_batch_size,
+        shuffle,
+        devices,
+        chunk,
+        memory,
+    )
+    mesh, place = sweep.layout.mesh, _runs.placer(sweep.layout.mesh)
+    states = _runs.init_states(model, sweep.rep, sweep.hp, sweep.optimizers, sweep.keys)
+    states = place(states, 0)
+    words = key_words(states.key, runs=True)
+    mode = "fast" if on_nonfinite == "raise" else "skip"
+
+    def epoch(mode):
+        return _runs.make_many_epoch(
+            epoch_spec(model, loss, sweep.rep, grad=grad, mode=mode), sweep.layout
+        )
+
+    k_runs, (x, y), evals = len(sweep.keys), sweep.data, sweep.evals
+    program = Program(
+        epoch=epoch(mode),
+        replay=epoch("replay") if mode == "fast" else None,
+        evaluate=None
+        if evals is None
+        else _runs.make_many_eval(model, loss, sweep.eval_batch, sweep.eval_axis, mesh),
+        tables=_index_tables(words, shuffle, sweep.n, sweep.batch, place),
+        runs=k_runs,
+        labels=tuple(
+            f"run {k}" + "".join(f", {h}={v[k]}" for h, v in sweep.hp.items())
+            for k in range(k_runs)
+        ),
+    )
+    return run_epochs(
+        program,
+        states,
+        (place(x, sweep.layout.data_axis), place(y, sweep.layout.data_axis)),
+        None if evals is None else tuple(place(a, sweep.eval_axis) for a in evals),
+        first=0,
+        epochs=epochs,
+        steps=sweep.n // sweep.batch,
+        on_nonfinite=on_nonfinite,
+        progress=progress,
+        callback=callback,
+    )
+
+
+class _Sweep(NamedTuple):
+    """A checked sweep: K keys and hparams, the data and how the runs are laid out."""
+
+    keys: list
+    hp: dict
+    data: tuple
+    n: int
+    batch: int
+    evals: tuple | None
+    eval_axis: Any
+    eval_batch: int
+    rep: Any
+    optimizers: list
+    layout: _runs.RunsSpec
+
+
+def _plan_sweep(
+    model,
+    loss,
+    optimizer,
+    data,
+    eval_data,
+    keys,
+    seeds,
+    hparams,
+    batch_size,
+    eval_batch_size,
+    shuffle,
+    devices,
+    chunk,
+    memory,
+) -> _Sweep:
+    """Check a sweep's inputs, size it (K, memory, groups) and lay its runs out."""
     keys, hp = _runs.as_keys(keys, seeds), _runs.as_hparams(hparams)
     (x, y), data_axis = _many_data(model, loss, data, "data")
     lists = {"keys": keys, **{f"hparams[{n!r}]": v for n, v in hp.items()}}
@@ -372,40 +462,5 @@ def fit_many(
     if chunk is None:
         platform = (jax.devices()[0] if mesh is None else mesh.devices.flat[0]).platform
         chunk = _memory.auto_chunk(k_local, per_run, platform)
-
-    def place(a, axis):
-        if mesh is None:
-            return jax.device_put(a)
-        return jax.device_put(a, _runs.runs_sharding(mesh, axis))
-
     layout = _runs.RunsSpec(data_axis, 0 if shuffle == "per_run" else None, mesh, chunk or None)
-    mode = "fast" if on_nonfinite == "raise" else "skip"
-    states = place(_runs.init_states(model, rep, hp, optimizers, keys), 0)
-    words = key_words(states.key, runs=True)
-    program = Program(
-        epoch=_runs.make_many_epoch(epoch_spec(model, loss, rep, grad=grad, mode=mode), layout),
-        replay=(
-            _runs.make_many_epoch(epoch_spec(model, loss, rep, grad=grad, mode="replay"), layout)
-            if mode == "fast"
-            else None
-        ),
-        evaluate=None if evals is None else _runs.make_many_eval(model, loss, eb, eval_axis, mesh),
-        tables=_index_tables(words, shuffle, n, b, place),
-        runs=k_runs,
-        labels=tuple(
-            f"run {k}" + "".join(f", {name}={v[k]}" for name, v in hp.items())
-            for k in range(k_runs)
-        ),
-    )
-    return run_epochs(
-        program,
-        states,
-        (place(x, data_axis), place(y, data_axis)),
-        None if evals is None else tuple(place(a, eval_axis) for a in evals),
-        first=0,
-        epochs=epochs,
-        steps=n // b,
-        on_nonfinite=on_nonfinite,
-        progress=progress,
-        callback=callback,
-    )
+    return _Sweep(keys, hp, (x, y), n, b, evals, eval_axis, eb, rep, optimizers, layout)
