@@ -296,6 +296,63 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def before_after(runs: list[tuple[str, dict, dict]]) -> str:
+    """A markdown section comparing runs of the code before and after a change.
+
+    Args:
+        runs: ``(label, before results, after results)`` from ``run.py --json``, taken one
+            after the other on the same machine (each ratio is within its own run).
+    """
+    lines = [
+        "## before / after (issue 15)",
+        "",
+        "Each column pair is two `run.py --quick --no-peers` runs taken back to back, first "
+        "the code before issue 15, then after; ratios are to raw JAX in the same run. "
+        "`default` is `make_step`'s default (before: loss, accuracy and gradient norm; "
+        "after: the loss only), `bare` does raw's work in both.",
+        "",
+        "| measurement | target | "
+        + " | ".join(f"{lb} before | {lb} after" for lb, _, _ in runs)
+        + " |",
+        "|---|---|" + "---:|---:|" * len(runs),
+    ]
+
+    def row(label, target, get):
+        cells = []
+        for _, b, a in runs:
+            for r in (b, a):
+                try:
+                    cells.append(f"{get(r):.3f}")
+                except (KeyError, TypeError, IndexError):
+                    cells.append("-")
+        lines.append(f"| {label} | {target} | " + " | ".join(cells) + " |")
+
+    for name in ("small", "medium", "large"):
+        row(
+            f"step {name}: default",
+            "<= 1.10",
+            lambda r, n=name: r["step"][n]["ratio"]["fnn_autodiff"],
+        )
+        row(
+            f"step {name}: bare",
+            "<= 1.05",
+            lambda r, n=name: r["step"][n]["ratio"]["fnn_autodiff_bare"],
+        )
+    for name, target in (("small", "<= 0.80"), ("medium", "<= 1.00")):
+        row(f"fit epoch / raw loop, {name}", target, lambda r, n=name: r["epoch"][n]["ratio"])
+    points = runs[0][2]["scaling"]["points"]
+    for p in points:
+        w, bt = p["width"], p["batch"]
+
+        def pick(r, w=w, bt=bt, k="fnn_autodiff"):
+            (q,) = [q for q in r["scaling"]["points"] if (q["width"], q["batch"]) == (w, bt)]
+            return q["ratio"][k]
+
+        row(f"scaling w{w} b{bt}: default", "<= 1.10", pick)
+        row(f"scaling w{w} b{bt}: bare", "<= 1.05", lambda r, p=pick: p(r, k="fnn_autodiff_bare"))
+    return "\n".join(lines) + "\n"
+
+
 def plot_scaling(sc: dict, path: str) -> None:
     """Step time and achieved GFLOP/s against batch, one line per width, fnn vs raw."""
     import matplotlib

@@ -24,6 +24,7 @@ Usage::
 
     python benchmarks/run.py [--quick | --smoke] [--json PATH] [--no-peers] [--no-write]
     python benchmarks/run.py --report PATH   # RESULTS.md and scaling.png from a saved JSON
+    python benchmarks/run.py --report A.json --before-after B1.json A1.json [B2.json A2.json]
 
 ``--quick`` takes under 2 minutes on 2 cores; ``--smoke`` (tiny configs, for the tests) a few
 seconds. Without ``--no-write`` a full or quick run rewrites ``RESULTS.md`` and ``scaling.png``.
@@ -349,6 +350,12 @@ def main(argv=None) -> int:
         help="only rewrite RESULTS.md and scaling.png from a saved --json file",
     )
     parser.add_argument(
+        "--before-after",
+        nargs="+",
+        metavar="BEFORE.json AFTER.json",
+        help="with --report: append a before/after table of these pairs of --json runs",
+    )
+    parser.add_argument(
         "--memory-child", nargs=2, metavar=("CONFIG", "IMPL"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
@@ -358,7 +365,12 @@ def main(argv=None) -> int:
     if args.report:
         with open(args.report) as f:
             results = json.load(f)
-        _write(results)
+        pairs = []
+        names = args.before_after or []
+        for i in range(0, len(names) - 1, 2):
+            with open(names[i]) as fb, open(names[i + 1]) as fa:
+                pairs.append((f"run {i // 2 + 1}", json.load(fb), json.load(fa)))
+        _write(results, _timing.before_after(pairs) if pairs else "")
         return 0
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     cfg = MODES[mode]
@@ -434,9 +446,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def _write(results: dict) -> None:
+def _write(results: dict, extra: str = "") -> None:
     with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
-        f.write(_timing.markdown(results))
+        f.write(_timing.markdown(results) + ("\n" + extra if extra else ""))
     _timing.plot_scaling(results["scaling"], os.path.join(HERE, "scaling.png"))
 
 

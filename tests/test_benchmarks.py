@@ -134,3 +134,12 @@ def test_interleave_alternates_order():
 
 def test_mlp_flops():
     assert _timing.mlp_flops([3, 4, 2], 5) == 6 * 5 * (3 * 4 + 4 * 2)
+
+
+def test_before_after_table_pairs_runs_and_marks_missing_configs(smoke):
+    res = smoke[0]
+    text = _timing.before_after([("run 1", res, res)])
+    r = res["scaling"]["points"][0]["ratio"]["fnn_autodiff"]
+    assert "| run 1 before | run 1 after |" in text
+    assert f"| scaling w8 b1: default | <= 1.10 | {r:.3f} | {r:.3f} |" in text
+    assert "| step small: default | <= 1.10 | - | - |" in text  # smoke has no small config
