@@ -37,37 +37,43 @@ from fnn.train.validate import check_data
 Array = jax.Array
 
 
+def _weights(tree) -> dict[str, Array]:
+    """Every weight matrix (a ``"w"`` entry) of a params-shaped tree, keyed by its layer path.
+
+    A single layer's dict (not a list) is keyed ``"[0]"``, as a one-layer model's would be.
+    """
+    if isinstance(tree, dict):
+        tree = [tree]
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(path[-1], jax.tree_util.DictKey) and path[-1].key == "w":
+            out[jax.tree_util.keystr(path[:-1])] = leaf
+    return out
+
+
 def grad_norms(grads, model: Model | None = None) -> dict[str, Array]:
     """L2 norm of the weight gradient of every dense layer, keyed by its params path.
 
     Args:
-        grads: gradients in the structure of a serial model's params (a list of dicts).
+        grads: gradients in the structure of a model's params; layers nested in residual or
+            parallel blocks are found too (``"[1][0]"``).
         model: unused except for symmetry with the other diagnostics; may be ``None``.
 
     Returns:
         ``{"[0]": norm, "[2]": norm, ...}`` in layer order (input first).
     """
     del model
-    if isinstance(grads, dict):
-        grads = [grads]
-    return {
-        f"[{i}]": jnp.linalg.norm(g["w"])
-        for i, g in enumerate(grads)
-        if isinstance(g, dict) and "w" in g
-    }
+    return {path: jnp.linalg.norm(w) for path, w in _weights(grads).items()}
 
 
 def update_ratios(params_before, params_after) -> dict[str, Array]:
-    """``||w_after - w_before|| / ||w_before||`` for every dense layer's weights."""
-    if isinstance(params_before, dict):
-        params_before, params_after = [params_before], [params_after]
-    out = {}
-    for i, (a, b) in enumerate(zip(params_before, params_after, strict=True)):
-        if isinstance(a, dict) and "w" in a:
-            out[f"[{i}]"] = jnp.linalg.norm(b["w"] - a["w"]) / jnp.maximum(
-                jnp.linalg.norm(a["w"]), jnp.finfo(a["w"].dtype).tiny
-            )
-    return out
+    """``||w_after - w_before|| / ||w_before||`` for every dense layer's weights, by path."""
+    after = _weights(params_after)
+    return {
+        path: jnp.linalg.norm(after[path] - a)
+        / jnp.maximum(jnp.linalg.norm(a), jnp.finfo(a.dtype).tiny)
+        for path, a in _weights(params_before).items()
+    }
 
 
 # Peak of each saturating activation's derivative, at 0: saturation is measured relative to it.

@@ -207,3 +207,13 @@ def test_bridge_refuses_forward_mode_with_a_hint():
     h1 = jax.hessian(loss(bridged))(params[2]["b"])
     h2 = jax.hessian(loss(model))(params[2]["b"])
     np.testing.assert_allclose(h1, h2, rtol=1e-10, atol=1e-14)
+
+
+def test_diagnostics_reach_layers_inside_blocks():
+    model = models.build(residual_in_parallel_in_serial(), (4,), F64)
+    params, x, y = setup(model)
+    norms = fnn.diagnostics.grad_norms(backprop.grad(model, CE)(params, x, y))
+    assert list(norms) == ["[0]", "[1][0][0]", "[1][0][2]", "[1][1][0]", "[3]"]
+    stats = fnn.diagnostics.unit_stats(model, params, x)
+    assert set(stats.saturated) == {"[1][0][1]", "[1][1][1]"}  # tanh, sigmoid inside blocks
+    assert set(stats.mean_derivative) == {"[1][0][1]", "[1][1][1]", "[2]"}
