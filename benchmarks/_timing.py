@@ -132,8 +132,8 @@ def _targets(r: dict) -> list[str]:
     out = [
         "## targets (this run)",
         "",
-        "| config | fnn bare autodiff / manual (<= 1.05) | fnn default autodiff / manual | "
-        "fastest peer | fit epoch / raw loop (<= 0.95) |",
+        "| config | fnn bare autodiff / manual (<= 1.05) | fnn default autodiff / manual "
+        "(<= 1.10) | fastest peer | fit epoch / raw loop (small <= 0.80, medium <= 1.00) |",
         "|---|---|---|---|---|",
     ]
     for name, res in r["step"].items():
@@ -150,6 +150,14 @@ def _targets(r: dict) -> list[str]:
             + " |"
         )
     return out + [""]
+
+
+def _accelerator_line(r: dict) -> str:
+    """What ``jax.devices()`` found: the numbers are from that device, whatever it is."""
+    platform = r.get("platform", "cpu")
+    if platform == "cpu":
+        return f"- accelerator: none found (jax.devices()[0] is {r['device']}); CPU numbers only"
+    return f"- accelerator: {r['device']} ({platform}); the timings above are from it"
 
 
 def markdown(r: dict) -> str:
@@ -173,7 +181,7 @@ def markdown(r: dict) -> str:
         "- peers run: " + (", ".join(r["peers_run"]) or "none"),
         "- peers skipped: "
         + (", ".join(f"{k} ({v})" for k, v in r["peers_skipped"].items()) or "none"),
-        "- GPU: no numbers; no GPU was lent to the task that produced this file.",
+        _accelerator_line(r),
         *(
             [
                 "- --quick: the large config runs without the peers and with three fnn variants, "
@@ -196,11 +204,11 @@ def markdown(r: dict) -> str:
         "synthetic data from fixed seeds. `raw` is the hand-written JAX step (params a list of "
         "`{w, b}` dicts, `jax.jit` with donation). `ratio` = median over rounds of the "
         "variant's step time / raw's in the same round (< 1 is faster than raw). `fnn_*` is "
-        "`make_step`'s default, which also reduces the gradient norm and the accuracy for its "
-        "metrics; `fnn_*_nonorm` is `grad_norm=False` (still the accuracy: an argmax); "
-        "`fnn_*_bare` is `grad_norm=False` with a loss record whose `accuracy` is None, i.e. "
-        "exactly raw's work: **the apples-to-apples ratio is the `_bare` one**. `first step` is "
-        "the wall time of the first call: tracing, compilation and one step.",
+        "`make_step`'s default, which reports the loss only (since issue 15); "
+        "`fnn_*_metrics` asks for `accuracy=True, grad_norm=True` (the old default); "
+        "`fnn_*_bare` uses a loss record whose `accuracy` is None, i.e. exactly raw's work "
+        "whatever the default. `first step` is the wall time of the first call: tracing, "
+        "compilation and one step.",
         "",
     ]
     lines += _targets(r)
@@ -285,6 +293,63 @@ def markdown(r: dict) -> str:
             f"{p['ms']['fnn_autodiff']:.4g} | {p['ratio']['fnn_autodiff']:.3f} | "
             f"{p['ratio']['fnn_autodiff_bare']:.3f} | {p['gflops']['raw']:.2f} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def before_after(runs: list[tuple[str, dict, dict]]) -> str:
+    """A markdown section comparing runs of the code before and after a change.
+
+    Args:
+        runs: ``(label, before results, after results)`` from ``run.py --json``, taken one
+            after the other on the same machine (each ratio is within its own run).
+    """
+    lines = [
+        "## before / after (issue 15)",
+        "",
+        "Each column pair is two `run.py --quick --no-peers` runs taken back to back, first "
+        "the code before issue 15, then after; ratios are to raw JAX in the same run. "
+        "`default` is `make_step`'s default (before: loss, accuracy and gradient norm; "
+        "after: the loss only), `bare` does raw's work in both.",
+        "",
+        "| measurement | target | "
+        + " | ".join(f"{lb} before | {lb} after" for lb, _, _ in runs)
+        + " |",
+        "|---|---|" + "---:|---:|" * len(runs),
+    ]
+
+    def row(label, target, get):
+        cells = []
+        for _, b, a in runs:
+            for r in (b, a):
+                try:
+                    cells.append(f"{get(r):.3f}")
+                except (KeyError, TypeError, IndexError):
+                    cells.append("-")
+        lines.append(f"| {label} | {target} | " + " | ".join(cells) + " |")
+
+    for name in ("small", "medium", "large"):
+        row(
+            f"step {name}: default",
+            "<= 1.10",
+            lambda r, n=name: r["step"][n]["ratio"]["fnn_autodiff"],
+        )
+        row(
+            f"step {name}: bare",
+            "<= 1.05",
+            lambda r, n=name: r["step"][n]["ratio"]["fnn_autodiff_bare"],
+        )
+    for name, target in (("small", "<= 0.80"), ("medium", "<= 1.00")):
+        row(f"fit epoch / raw loop, {name}", target, lambda r, n=name: r["epoch"][n]["ratio"])
+    points = runs[0][2]["scaling"]["points"]
+    for p in points:
+        w, bt = p["width"], p["batch"]
+
+        def pick(r, w=w, bt=bt, k="fnn_autodiff"):
+            (q,) = [q for q in r["scaling"]["points"] if (q["width"], q["batch"]) == (w, bt)]
+            return q["ratio"][k]
+
+        row(f"scaling w{w} b{bt}: default", "<= 1.10", pick)
+        row(f"scaling w{w} b{bt}: bare", "<= 1.05", lambda r, p=pick: p(r, k="fnn_autodiff_bare"))
     return "\n".join(lines) + "\n"
 
 

@@ -4,9 +4,9 @@ Per config (small 64-128-128-10 batch 32, medium 784-512-512-10 batch 128, large
 1024-4096-4096-1024 batch 512; float32 ReLU MLP, softmax cross-entropy, Adam 1e-3, synthetic data
 from fixed seeds), all in one process and in interleaved rounds (see ``_timing.py``):
 
-* **step**: ``fnn.train.make_step`` (autodiff and manual gradients; default, which also reduces
-  the gradient norm and the accuracy for the metrics; ``grad_norm=False``; and "bare": no norm,
-  a loss record without accuracy, the same work as the raw step) against the raw JAX step
+* **step**: ``fnn.train.make_step`` (autodiff and manual gradients; its default, the loss only;
+  "metrics": ``accuracy=True, grad_norm=True``; and "bare": a loss record without accuracy,
+  the same work as the raw step whatever the default) against the raw JAX step
   (params a list of ``{"w", "b"}`` dicts, ``jax.jit`` with donation, ``optax.adam``), and
   every installed peer (``peers.py``). Ratios are medians over rounds of the per-round time /
   raw's time; below 1 is faster than raw.
@@ -24,6 +24,7 @@ Usage::
 
     python benchmarks/run.py [--quick | --smoke] [--json PATH] [--no-peers] [--no-write]
     python benchmarks/run.py --report PATH   # RESULTS.md and scaling.png from a saved JSON
+    python benchmarks/run.py --report A.json --before-after B1.json A1.json [B2.json A2.json]
 
 ``--quick`` takes under 2 minutes on 2 cores; ``--smoke`` (tiny configs, for the tests) a few
 seconds. Without ``--no-write`` a full or quick run rewrites ``RESULTS.md`` and ``scaling.png``.
@@ -93,15 +94,17 @@ MODES = {
         scaling=([8], [1, 4], 1),
     ),
 }
-# name: (grad, grad_norm, accuracy metric). "bare" does exactly raw's work: loss and update,
-# no gradient norm and no accuracy (a Loss record with accuracy=None, which make_step accepts).
+# name: (grad, make_step's metric options, accuracy kept on the loss record). fnn_autodiff and
+# fnn_manual are make_step's default (the loss only); "_metrics" asks for the accuracy and the
+# gradient norm (make_step's default until issue 15); "bare" also strips the loss record's
+# accuracy, i.e. exactly raw's work whatever make_step's default.
 FNN_VARIANTS = {
-    "fnn_autodiff": ("autodiff", True, True),
-    "fnn_manual": ("manual", True, True),
-    "fnn_autodiff_nonorm": ("autodiff", False, True),
-    "fnn_manual_nonorm": ("manual", False, True),
-    "fnn_autodiff_bare": ("autodiff", False, False),
-    "fnn_manual_bare": ("manual", False, False),
+    "fnn_autodiff": ("autodiff", {}, True),
+    "fnn_manual": ("manual", {}, True),
+    "fnn_autodiff_metrics": ("autodiff", {"accuracy": True, "grad_norm": True}, True),
+    "fnn_manual_metrics": ("manual", {"accuracy": True, "grad_norm": True}, True),
+    "fnn_autodiff_bare": ("autodiff", {}, False),
+    "fnn_manual_bare": ("manual", {}, False),
 }
 
 
@@ -132,13 +135,13 @@ def raw_runner(params, xs, ys):
     return run
 
 
-def fnn_runner(model, params, xs, ys, grad, grad_norm, accuracy=True):
-    """``fnn.train.make_step`` from its own :func:`fnn.train.init_state`."""
+def fnn_runner(model, params, xs, ys, grad, options=None, accuracy=True):
+    """``fnn.train.make_step(..., **options)`` from its own :func:`fnn.train.init_state`."""
     opt = optax.adam(LR)
     loss = losses.get("softmax_cross_entropy")
     if not accuracy:
         loss = loss._replace(accuracy=None)
-    step = train.make_step(model, loss, opt, grad=grad, grad_norm=grad_norm)
+    step = train.make_step(model, loss, opt, grad=grad, **(options or {}))
     box = [train.init_state(_copy(params), opt, jax.random.key(3))]
 
     def run(calls):
@@ -173,10 +176,10 @@ def bench_step(sizes, batch, mode, peer_names, with_dot, rounds, fnn_names=None)
     xs, ys = _data(sizes, batch)
     builders = {"raw": lambda: raw_runner(params, xs, ys)}
     smoke = {"fnn_autodiff", "fnn_manual_bare"}  # --smoke compiles two of them: fast tests
-    for name, (grad, norm, acc) in FNN_VARIANTS.items():
+    for name, (grad, opts, acc) in FNN_VARIANTS.items():
         if (mode == "smoke" and name not in smoke) or (fnn_names and name not in fnn_names):
             continue
-        builders[name] = lambda g=grad, n=norm, a=acc: fnn_runner(model, params, xs, ys, g, n, a)
+        builders[name] = lambda g=grad, o=opts, a=acc: fnn_runner(model, params, xs, ys, g, o, a)
     for name in peer_names:
         builders[name] = lambda f=_peers.PEERS[name]: f(sizes, xs, ys, LR)
     if with_dot:
@@ -285,8 +288,8 @@ def bench_scaling(mode: str) -> dict:
             xs, ys = _data(sizes, b)
             runners = {
                 "raw": raw_runner(params, xs, ys),
-                "fnn_autodiff": fnn_runner(model, params, xs, ys, "autodiff", True),
-                "fnn_autodiff_bare": fnn_runner(model, params, xs, ys, "autodiff", False, False),
+                "fnn_autodiff": fnn_runner(model, params, xs, ys, "autodiff"),
+                "fnn_autodiff_bare": fnn_runner(model, params, xs, ys, "autodiff", None, False),
             }
             for run in runners.values():
                 run(1)
@@ -347,6 +350,12 @@ def main(argv=None) -> int:
         help="only rewrite RESULTS.md and scaling.png from a saved --json file",
     )
     parser.add_argument(
+        "--before-after",
+        nargs="+",
+        metavar="BEFORE.json AFTER.json",
+        help="with --report: append a before/after table of these pairs of --json runs",
+    )
+    parser.add_argument(
         "--memory-child", nargs=2, metavar=("CONFIG", "IMPL"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
@@ -356,7 +365,12 @@ def main(argv=None) -> int:
     if args.report:
         with open(args.report) as f:
             results = json.load(f)
-        _write(results)
+        pairs = []
+        names = args.before_after or []
+        for i in range(0, len(names) - 1, 2):
+            with open(names[i]) as fb, open(names[i + 1]) as fa:
+                pairs.append((f"run {i // 2 + 1}", json.load(fb), json.load(fa)))
+        _write(results, _timing.before_after(pairs) if pairs else "")
         return 0
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     cfg = MODES[mode]
@@ -368,6 +382,7 @@ def main(argv=None) -> int:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": _timing.machine(),
         "device": str(jax.devices()[0]),
+        "platform": jax.devices()[0].platform,
         "versions": _timing.versions(),
         "peers_run": peer_names,
         "peers_skipped": skipped,
@@ -431,9 +446,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def _write(results: dict) -> None:
+def _write(results: dict, extra: str = "") -> None:
     with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
-        f.write(_timing.markdown(results))
+        f.write(_timing.markdown(results) + ("\n" + extra if extra else ""))
     _timing.plot_scaling(results["scaling"], os.path.join(HERE, "scaling.png"))
 
 

@@ -30,6 +30,9 @@ from fnn import activations as _act
 from fnn import layers
 from fnn import losses as _losses
 from fnn.models import Model, check_input, sublayers, taps
+from fnn.train import init_state, make_epoch, run_key
+from fnn.train.loop import Program, run_epochs
+from fnn.train.validate import check_data
 
 Array = jax.Array
 
@@ -185,11 +188,14 @@ def lr_find(
     """Learning-rate range test: train while raising the rate exponentially, watch the loss.
 
     The rate goes from ``min_lr`` to ``max_lr`` geometrically over ``steps`` minibatch steps
-    of ``optimizer`` (any optax optimizer factory taking ``learning_rate``; the schedule is
-    injected with ``optax.inject_hyperparams``). All steps run in one compiled ``lax.scan``.
-    The loss is smoothed with an exponential moving average (``smoothing``) with bias
-    correction; the sweep is cut where the smoothed loss first exceeds ``diverge_factor``
-    times its running minimum (or becomes non-finite).
+    of ``optimizer`` (any optax optimizer factory taking ``learning_rate``, e.g. one from
+    :func:`fnn.optim.rule`; the schedule is injected with ``optax.inject_hyperparams``).
+    It runs on the trainer's engine (:func:`fnn.train.loop.run_epochs`) as one epoch of
+    ``steps`` minibatches: one compiled ``lax.scan`` (:func:`fnn.train.make_epoch` with
+    ``trace=True``) that records every step's loss and rate. The loss is smoothed with an
+    exponential moving average (``smoothing``) with bias correction; the stop rule cuts the
+    sweep where the smoothed loss first exceeds ``diverge_factor`` times its running minimum
+    (or becomes non-finite).
 
     Suggested rate: the rate at the minimum of the smoothed loss divided by 10. At the
     minimum the rate is already on the edge of instability; a tenth of it still descends
@@ -197,12 +203,12 @@ def lr_find(
 
     Args:
         model, loss: the model and loss (name or record).
-        data: ``(x, y)`` training arrays.
+        data: ``(x, y)`` training arrays, checked as :func:`fnn.train.fit` checks them.
         optimizer: optax factory, e.g. ``optax.adam`` or ``optax.sgd``.
         min_lr, max_lr: the sweep's range (``0 < min_lr < max_lr``).
         steps: number of steps in the sweep.
-        batch_size: minibatch size; batches cycle through a shuffled copy of the data.
-        key: PRNG key for init and shuffling (default ``jax.random.key(0)``).
+        batch_size: minibatch size; batches cycle through fresh permutations of the data.
+        key: PRNG key for init, shuffling and dropout (default ``jax.random.key(0)``).
         params: starting parameters (default ``model.init(key)``).
 
     Returns:
@@ -213,54 +219,81 @@ def lr_find(
             outside ``[1, len(x)]``.
     """
     loss = _losses.get(loss)
-    x, y = data
     if not (min_lr > 0 and max_lr > min_lr):
         raise ValueError(f"min_lr, max_lr: expected 0 < min_lr < max_lr, got {min_lr}, {max_lr}")
     if steps < 10:
         raise ValueError(f"steps: expected at least 10, got {steps}")
+    x, y = check_data(model, loss, data, "data")
     n = int(x.shape[0])
     if not 1 <= batch_size <= n:
         raise ValueError(f"batch_size: expected 1..{n} (the dataset size), got {batch_size}")
     key = jax.random.key(0) if key is None else key
     k_init, k_perm = jax.random.split(key)
-    params = model.init(k_init) if params is None else params
     schedule = optax.exponential_decay(min_lr, steps, max_lr / min_lr)
     opt = optax.inject_hyperparams(optimizer)(learning_rate=schedule)
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    per_epoch = n // batch_size
-    reps = -(-steps // per_epoch)
+    start = model.init(k_init) if params is None else params
+    state = init_state(start, opt, run_key(key), model.init_state())
+    # The batches cycle through fresh permutations of the data; all steps are one epoch of
+    # the engine: one compiled scan, every step's loss and rate traced.
+    reps = -(-steps // (n // batch_size))
     order = jnp.concatenate(
         [jax.random.permutation(jax.random.fold_in(k_perm, r), n) for r in range(reps)]
     )[: steps * batch_size]
-    idx = order.reshape(steps, batch_size)
-
-    def objective(p, xb, yb):
-        return loss.fn(model.apply(p, xb), yb)
-
-    @jax.jit
-    def sweep(params, idx):
-        def body(carry, ib):
-            p, s = carry
-            value, g = jax.value_and_grad(objective)(p, x[ib], y[ib])
-            updates, s = opt.update(g, s, p)
-            lr = s.hyperparams["learning_rate"]  # the rate this update used
-            return (optax.apply_updates(p, updates), s), (value, lr)
-
-        _, (vals, lrs) = jax.lax.scan(body, (params, opt.init(params)), idx)
-        return vals, lrs
-
-    vals, lrs = (np.asarray(a, np.float64) for a in sweep(params, idx))
-    smoothed = np.empty_like(vals)
-    avg, best, cut = 0.0, np.inf, None
-    for i, v in enumerate(vals):
-        avg = smoothing * avg + (1 - smoothing) * (v if np.isfinite(v) else np.inf)
-        smoothed[i] = avg / (1 - smoothing ** (i + 1))
-        if not np.isfinite(smoothed[i]) or (i > 5 and smoothed[i] > diverge_factor * best):
-            cut = i
-            break
-        best = min(best, smoothed[i])
-    end = len(vals) if cut is None else cut + 1
-    lrs, vals, smoothed = lrs[:end], vals[:end], smoothed[:end]
+    idx = order.astype(jnp.int32).reshape(steps, batch_size)
+    stop = _DivergenceStop(steps, smoothing, diverge_factor)
+    program = Program(
+        epoch=make_epoch(model, loss, opt, trace=True),
+        replay=None,
+        evaluate=None,
+        tables=lambda e: idx,
+    )
+    _, history = run_epochs(
+        program,
+        state,
+        (jax.device_put(x), jax.device_put(y)),
+        None,
+        first=0,
+        epochs=1,
+        steps=steps,
+        on_nonfinite="stop",
+        progress=False,
+        callback=stop,
+    )
+    stop(None, None, history)  # the last epoch may have stopped the loop on a non-finite loss
+    lrs = np.asarray(history["step_lr"][: stop.end], np.float64)
+    vals = np.asarray(history["step_loss"][: stop.end], np.float64)
+    smoothed = stop.smoothed[: stop.end]
     finite = np.where(np.isfinite(smoothed), smoothed, np.inf)
     i_min = int(np.argmin(finite))
-    return LRFindResult(lrs, vals, smoothed, float(lrs[i_min] / 10.0), float(lrs[i_min]), cut)
+    return LRFindResult(lrs, vals, smoothed, float(lrs[i_min] / 10.0), float(lrs[i_min]), stop.cut)
+
+
+class _DivergenceStop:
+    """lr_find's stop rule, as a training callback over the per-step losses so far."""
+
+    def __init__(self, steps: int, smoothing: float, diverge_factor: float):
+        self.steps, self.smoothing, self.factor = steps, smoothing, diverge_factor
+        self.smoothed = np.empty(steps)
+        self.avg, self.best, self.cut, self.seen = 0.0, np.inf, None, 0
+        self.end = 0
+
+    def __call__(self, epoch, state, history) -> bool:
+        del epoch, state
+        vals = history.get("step_loss", [])[: self.steps]
+        for i in range(self.seen, len(vals)):
+            if self.cut is not None:
+                break
+            v = vals[i]
+            self.avg = self.smoothing * self.avg + (1 - self.smoothing) * (
+                v if np.isfinite(v) else np.inf
+            )
+            self.smoothed[i] = self.avg / (1 - self.smoothing ** (i + 1))
+            if not np.isfinite(self.smoothed[i]) or (
+                i > 5 and self.smoothed[i] > self.factor * self.best
+            ):
+                self.cut = i
+            else:
+                self.best = min(self.best, self.smoothed[i])
+        self.seen = len(vals)
+        self.end = self.seen if self.cut is None else self.cut + 1
+        return self.cut is not None or self.seen >= self.steps

@@ -253,7 +253,7 @@ def train_one(cfg: dict, run: Run) -> dict:
     key = jax.random.key(cfg["seed"])
     init = None
     if path is not None:  # read-only until the folder is locked below
-        like = train.init_state(model.init(key), opt, train.run_key(key))
+        like = train.init_state(model.init(key), opt, train.run_key(key), model.init_state())
         init, _ = checkpoint.restore(path, like)
     report = checked_backward(
         model, loss, model.init(key) if init is None else init.params, ds.x_train[:b], ytr[:b]

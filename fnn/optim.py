@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import numbers
 
 import jax.numpy as jnp
@@ -122,6 +121,126 @@ def schedule(
     return optax.piecewise_constant_schedule(lr, bounds)
 
 
+# get() and factory() take a ``schedule=`` name argument that hides the function inside them.
+_make_schedule = schedule
+
+
+class Optimizer(optax.GradientTransformationExtraArgs):
+    """The optax transformation :func:`get` returns, equal to another built from equal
+    settings (``settings``, the normalised arguments of :func:`get`).
+
+    Equality by value lets ``jax.jit``'s cache serve both: a compiled epoch that closes over
+    one such optimizer is reused for an equal one, with no memoisation of :func:`get`.
+    """
+
+    def __eq__(self, other):
+        return isinstance(other, Optimizer) and self.settings == other.settings
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __hash__(self):
+        return hash(self.settings)
+
+
+class _Unique:
+    """Stands for settings that cannot be hashed (e.g. a mask dict): equal only to itself."""
+
+
+def _check_rule(name, momentum, weight_decay, clip_norm) -> None:
+    if name not in _OPTIMIZERS:
+        raise ValueError(f"optimizer: unknown {name!r}; expected one of: {', '.join(NAMES)}")
+    if not 0.0 <= float(momentum) < 1.0:
+        raise ValueError(f"momentum: expected a value in [0, 1), got {momentum!r}")
+    if weight_decay is not None and not float(weight_decay) >= 0:
+        raise ValueError(f"weight_decay: expected a value >= 0, got {weight_decay!r}")
+    if clip_norm is not None and not float(clip_norm) > 0:
+        raise ValueError(f"clip_norm: expected a value > 0 (or None), got {clip_norm!r}")
+
+
+def rule(
+    name: str,
+    *,
+    momentum: float = 0.9,
+    weight_decay: float | None = None,
+    clip_norm: float | None = None,
+    **options,
+):
+    """The update rule of ``name`` as a factory of the learning rate: ``f(learning_rate) ->``
+    the optax chain (clipping, weight decay, the optimizer), with no schedule.
+
+    This is the one optimizer table: :func:`get` schedules it, :func:`factory` lets a sweep
+    inject the rate, and :func:`fnn.diagnostics.lr_find` ramps it. Arguments as for
+    :func:`get`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from fnn import optim
+        >>> sgd = optim.rule("momentum")(0.1)       # optax.sgd(0.1, momentum=0.9)
+        >>> updates, _ = sgd.update({"w": jnp.ones(2)}, sgd.init({"w": jnp.ones(2)}))
+        >>> updates["w"].tolist()
+        [-0.1, -0.1]
+    """
+    _check_rule(name, momentum, weight_decay, clip_norm)
+    base, fixed = _OPTIMIZERS[name]
+    settings = {**fixed, **options}
+    if name in ("momentum", "nesterov"):
+        settings["momentum"] = float(momentum)
+    if name == "adamw":
+        settings["weight_decay"] = 1e-4 if weight_decay is None else float(weight_decay)
+
+    def chain(learning_rate):
+        parts = []
+        if clip_norm is not None:
+            parts.append(optax.clip_by_global_norm(float(clip_norm)))
+        if weight_decay and name != "adamw":
+            parts.append(optax.add_decayed_weights(float(weight_decay)))
+        parts.append(base(learning_rate, **settings))
+        return optax.chain(*parts) if len(parts) > 1 else parts[0]
+
+    try:
+        chain(1e-3)  # surface a bad factory option now rather than at the first update
+    except TypeError as err:
+        raise TypeError(f"optimizer {name!r}: bad option in {sorted(options)}: {err}") from err
+    return chain
+
+
+def factory(
+    name: str,
+    *,
+    schedule: str = "constant",
+    steps: int | None = None,
+    warmup: int | None = None,
+    decay_rate: float = 0.1,
+    boundaries=None,
+    **rule_settings,
+):
+    """``f(learning_rate) ->`` :func:`get`'s optimizer with that peak rate, for sweeps:
+    ``optax.inject_hyperparams(factory(...))(learning_rate=...)`` gives each run its own rate
+    (an array under ``inject_hyperparams``), scheduled as :func:`get` schedules it.
+
+    Arguments as for :func:`get`; checked here, before any run starts.
+    """
+    name_schedule = schedule
+    _make_schedule(  # check the settings now, with a stand-in rate
+        name_schedule, 1.0, steps=steps, warmup=warmup, decay_rate=decay_rate, boundaries=boundaries
+    )
+    update_rule = rule(name, **rule_settings)
+
+    def build(learning_rate):
+        sched = _make_schedule(
+            name_schedule,
+            learning_rate,
+            steps=steps,
+            warmup=warmup,
+            decay_rate=decay_rate,
+            boundaries=boundaries,
+        )
+        return optax.inject_hyperparams(update_rule)(learning_rate=sched)
+
+    return build
+
+
 def get(
     name: str,
     lr: float,
@@ -135,11 +254,11 @@ def get(
     weight_decay: float | None = None,
     clip_norm: float | None = None,
     **options,
-) -> optax.GradientTransformationExtraArgs:
+) -> Optimizer:
     """An optax optimizer by name, with a learning-rate schedule and optional clipping.
 
-    The same arguments return the same object (the call is memoised), so the trainer's
-    compiled epoch, which is cached per optimizer object, is reused across calls.
+    Equal arguments give equal optimizers (:class:`Optimizer`), so the trainer's compiled
+    epoch, which ``jax.jit`` caches by value, is reused across calls.
 
     Args:
         name: one of :data:`NAMES`: ``gd`` and ``sgd`` (both ``optax.sgd``: plain
@@ -171,72 +290,26 @@ def get(
         raise ValueError(f"optimizer: unknown {name!r}; expected one of: {', '.join(NAMES)}")
     if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not float(lr) > 0:
         raise ValueError(f"lr: expected a learning rate > 0, got {lr!r}")
-    if not 0.0 <= float(momentum) < 1.0:
-        raise ValueError(f"momentum: expected a value in [0, 1), got {momentum!r}")
-    if weight_decay is not None and not float(weight_decay) >= 0:
-        raise ValueError(f"weight_decay: expected a value >= 0, got {weight_decay!r}")
-    if clip_norm is not None and not float(clip_norm) > 0:
-        raise ValueError(f"clip_norm: expected a value > 0 (or None), got {clip_norm!r}")
-    args = (
-        name,
-        float(lr),
-        schedule,
-        steps,
-        warmup,
-        float(decay_rate),
-        None if boundaries is None else tuple(boundaries),
-        float(momentum),
-        None if weight_decay is None else float(weight_decay),
-        None if clip_norm is None else float(clip_norm),
+    settings = dict(
+        schedule=schedule,
+        steps=steps,
+        warmup=warmup,
+        decay_rate=float(decay_rate),
+        boundaries=None if boundaries is None else tuple(boundaries),
+        momentum=float(momentum),
+        weight_decay=None if weight_decay is None else float(weight_decay),
+        clip_norm=None if clip_norm is None else float(clip_norm),
+        **options,
     )
+    inner = factory(name, **settings)(float(lr))
+    opt = Optimizer(inner.init, inner.update)
+    key = (name, float(lr), tuple(sorted(settings.items())))
     try:
-        return _build(*args, tuple(sorted(options.items())))
-    except TypeError as err:
-        if "unhashable" not in str(err):
-            raise
-        return _build.__wrapped__(*args, tuple(sorted(options.items())))
-
-
-@functools.lru_cache(maxsize=64)
-def _build(
-    name,
-    lr,
-    schedule_name,
-    steps,
-    warmup,
-    decay_rate,
-    boundaries,
-    momentum,
-    weight_decay,
-    clip_norm,
-    options,
-):
-    factory, fixed = _OPTIMIZERS[name]
-    settings = {**fixed, **dict(options)}
-    if name in ("momentum", "nesterov"):
-        settings["momentum"] = momentum
-    if name == "adamw":
-        settings["weight_decay"] = 1e-4 if weight_decay is None else weight_decay
-    sched = schedule(
-        schedule_name, lr, steps=steps, warmup=warmup, decay_rate=decay_rate, boundaries=boundaries
-    )
-
-    def chain(learning_rate):
-        parts = []
-        if clip_norm is not None:
-            parts.append(optax.clip_by_global_norm(clip_norm))
-        if weight_decay and name != "adamw":
-            parts.append(optax.add_decayed_weights(weight_decay))
-        parts.append(factory(learning_rate, **settings))
-        return optax.chain(*parts) if len(parts) > 1 else parts[0]
-
-    try:
-        chain(lr)  # surface a bad factory option now rather than at the first update
-    except TypeError as err:
-        raise TypeError(
-            f"optimizer {name!r}: bad option in {sorted(dict(options))}: {err}"
-        ) from err
-    return optax.inject_hyperparams(chain)(learning_rate=sched)
+        hash(key)
+    except TypeError:  # an unhashable option (a mask dict, a callable's state): by identity
+        key = _Unique()
+    opt.settings = key
+    return opt
 
 
 def _inject_states(opt_state) -> list:

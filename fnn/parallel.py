@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 from collections.abc import Sequence
 
 import jax
@@ -77,8 +78,11 @@ def resolve_devices(devices=None) -> list:
     )
 
 
-def make_mesh(devices=None) -> Mesh:
-    """A one-axis mesh named ``"batch"`` over ``devices`` (see :func:`resolve_devices`).
+def make_mesh(devices=None, axis: str = BATCH_AXIS) -> Mesh:
+    """A one-axis mesh named ``axis`` over ``devices`` (see :func:`resolve_devices`).
+
+    fnn's two meshes are both built here: ``"batch"`` (:data:`BATCH_AXIS`, data-parallel
+    training) and ``"runs"`` (:func:`fnn.train.fit_many` splitting a sweep's runs).
 
     In a multi-process job the devices are global (``jax.devices()`` lists every process's)
     and every process must own at least one of them: a process without a device in the mesh
@@ -95,7 +99,7 @@ def make_mesh(devices=None) -> Mesh:
                 f"least {len(jax.devices()) - len(jax.local_devices()) + 1}) so that every "
                 f"process trains"
             )
-    return Mesh(np.asarray(devs, dtype=object), (BATCH_AXIS,))
+    return Mesh(np.asarray(devs, dtype=object), (axis,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -166,8 +170,6 @@ def initialize(
     Raises:
         ValueError: for a bad count, id or address, before anything starts.
     """
-    import os
-
     if (
         isinstance(num_processes, bool)
         or not isinstance(num_processes, (int, np.integer))

@@ -23,7 +23,6 @@ run: ``seed``, ``lr``, ``test_accuracy``, ``test_loss``, ``history``, ``params_d
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 
@@ -51,31 +50,9 @@ def refuse(cfg: dict, *, resume: bool, procs: int) -> None:
 
 def lr_factory(cfg: dict, steps: int):
     """``learning_rate -> optimizer``: the chain ``fnn.optim.get`` builds for the CLI, with the
-    rate as an argument so that ``optax.inject_hyperparams`` can feed each run its own.
-
-    ``optim.get`` checks and memoises a Python float; under ``inject_hyperparams`` the rate
-    arrives as an array, so this calls its unmemoised builder with ``get``'s defaults.
-    TODO(issue 15, engine half): use optim's public factory once it lands.
-    """
-    defaults = {k: p.default for k, p in inspect.signature(optim.get).parameters.items()}
-    build = optim._build.__wrapped__  # noqa: SLF001 (until optim has a public factory)
-
-    def factory(learning_rate):
-        return build(
-            cfg["optimizer"],
-            learning_rate,
-            cfg["schedule"],
-            steps,
-            defaults["warmup"],
-            float(defaults["decay_rate"]),
-            defaults["boundaries"],
-            float(defaults["momentum"]),
-            defaults["weight_decay"],
-            defaults["clip_norm"],
-            (),
-        )
-
-    return factory
+    rate as an argument so that ``optax.inject_hyperparams`` can feed each run its own
+    (:func:`fnn.optim.factory`, the public builder of the one optimizer table)."""
+    return optim.factory(cfg["optimizer"], schedule=cfg["schedule"], steps=steps)
 
 
 def _same(a, b) -> bool:

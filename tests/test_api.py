@@ -43,7 +43,7 @@ def test_registries_hold_the_fixed_names():
 def test_train_state_fields():
     from fnn import train
 
-    assert train.TrainState._fields == ("params", "opt_state", "step", "key")
+    assert train.TrainState._fields == ("params", "opt_state", "step", "key", "model_state")
 
 
 def test_console_script_lists_the_subcommands():

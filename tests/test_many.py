@@ -11,6 +11,7 @@ import pytest
 
 import fnn
 from fnn import many, train
+from fnn.train import memory, runs
 
 LOSS = "softmax_cross_entropy"
 
@@ -239,7 +240,7 @@ def test_memory_guard_and_estimate():
             model, LOSS, opt, data, epochs=1, batch_size=16, seeds=[0], memory=100, progress=False
         )
     # The estimate bounds what XLA allocates, and not wildly: per run, between 1x and 4x.
-    _, per_run = many._footprint(
+    _, per_run = memory.footprint(
         model, opt, 16, 96, shuffle="per_run", per_run_data=False, eval_n=0, eval_batch=0, y_row=4
     )
     epoch = jax.jit(jax.vmap(train.make_epoch(model, LOSS, opt), in_axes=(0, None, None, 0)))
@@ -371,11 +372,14 @@ def test_compiled_start_of_many_runs_is_fits_start(monkeypatch):
     model = fnn.mlp([3, 16, 3], "relu", dtype=jnp.float64)
     keys = [jax.random.key(s) for s in (3, 4, 5)]
     hp = {"learning_rate": [0.1, 0.2, 0.3]}
-    rep, opts = many._optimizers(optax.adam, hp, 3)
-    compiled = many._init_program(model, optax.adam, rep, hp)(jnp.stack(keys))
-    eager = many.stack([many._init_one(model, o, k) for o, k in zip(opts, keys, strict=True)])
-    assert many._leaves_equal(compiled, eager)
-    monkeypatch.setattr(many, "EAGER_INIT_RUNS", 1)
+    rep, opts = runs.optimizers(optax.adam, hp, 3)
+    compiled = runs.init_program(model, rep, hp)(jnp.stack(keys))
+    eager = many.stack([runs.init_one(model, o, k) for o, k in zip(opts, keys, strict=True)])
+    assert runs.leaves_equal(compiled, eager)
+    calls = []
+    program = runs.init_program
+    monkeypatch.setattr(runs, "init_program", lambda *a: calls.append(a) or program(*a))
+    monkeypatch.setattr(runs, "EAGER_INIT_RUNS", 1)
     states, _ = many.fit_many(
         model,
         LOSS,
@@ -387,4 +391,5 @@ def test_compiled_start_of_many_runs_is_fits_start(monkeypatch):
         hparams=hp,
         progress=False,
     )
-    assert many._leaves_equal(states, eager)
+    assert len(calls) == 1  # the compiled start ran (and passed its check against fit's)
+    assert runs.leaves_equal(states, eager)

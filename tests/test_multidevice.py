@@ -41,8 +41,36 @@ CHILD = textwrap.dedent("""
                   key=jax.random.key(0), devices=4, progress=False)
     except ValueError as err:
         out["error"] = str(err)
+
+    # A stateful model (tests/stateful_layer.py): its batch statistics must be over the
+    # global batch, not per device shard.
+    import sys
+    sys.path.insert(0, TESTS)
+    from stateful_layer import centering
+    from fnn import layers, models, parallel
+    smodel = models.build(models.serial(layers.dense(16), centering(0.5),
+                                        layers.activation("tanh"), layers.dense(2)), (8,))
+    sgd = optim.get("sgd", 0.1)
+    params = smodel.init(jax.random.key(0))
+    xb, yb = x[:64], y[:64]
+    h = (xb @ np.asarray(params[0]["w"]) + np.asarray(params[0]["b"])).astype(np.float64)
+    mesh = parallel.make_mesh(4)
+    state = parallel.put_replicated(
+        train.init_state(params, sgd, jax.random.key(1), smodel.init_state()), mesh)
+    shard = parallel.batch_sharding(mesh)
+    new, _ = train.make_step(smodel, "softmax_cross_entropy", sgd)(
+        state, jax.device_put(xb, shard), jax.device_put(yb, shard))
+    parts = h.reshape(4, 16, -1)
+    out["stats"] = {"var": np.asarray(new.model_state[1]["var"]).tolist(),
+                    "global": (0.5 + 0.5 * h.var(0)).tolist(),
+                    "per_shard": (0.5 + 0.5 * parts.var(1).mean(0)).tolist()}
+    for name, devices in (("state_one", None), ("state_four", 4)):
+        st, hist = train.fit(smodel, "softmax_cross_entropy", sgd, (x, y), epochs=2,
+                             batch_size=64, key=jax.random.key(0), devices=devices,
+                             eval_data=(x[:100], y[:100]), progress=False)
+        out[name] = {"var": np.asarray(st.model_state[1]["var"]).tolist(), "hist": hist}
     print(json.dumps(out))
-""")
+""").replace("TESTS", repr(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +104,14 @@ def test_four_devices_match_one_device_within_1e5(child):
 def test_batch_not_divisible_by_the_device_count_is_named(child):
     assert "batch_size: 30 is not divisible by the 4 devices" in child["error"]
     assert "e.g. 28 or 32" in child["error"]
+
+
+def test_batch_statistics_are_over_the_global_batch(child):
+    stats = child["stats"]
+    np.testing.assert_allclose(stats["var"], stats["global"], rtol=1e-5)
+    # per-shard statistics would be measurably different: the check can fail
+    assert np.max(np.abs(np.subtract(stats["per_shard"], stats["global"]))) > 1e-3
+    one, four = child["state_one"], child["state_four"]
+    np.testing.assert_allclose(four["var"], one["var"], rtol=1e-5)
+    for key in ("train_loss", "eval_loss"):
+        np.testing.assert_allclose(four["hist"][key], one["hist"][key], rtol=1e-5)

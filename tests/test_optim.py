@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+import fnn
 from fnn import optim
 
 TARGET = jnp.array([3.0, -2.0], jnp.float64)
@@ -92,9 +93,51 @@ def test_weight_decay_is_l2_for_sgd():
     np.testing.assert_allclose(updates["w"], [-0.1 * 0.5 * 2.0], rtol=1e-12)
 
 
-def test_same_arguments_give_the_same_object():
-    assert optim.get("adam", 1e-3) is optim.get("adam", 1e-3)
-    assert optim.get("adam", 1e-3) is not optim.get("adam", 2e-3)
+def test_equal_arguments_give_equal_optimizers_that_share_a_compiled_epoch():
+    a, b = optim.get("adam", 1e-3, clip_norm=1.0), optim.get("adam", 1e-3, clip_norm=1.0)
+    assert a is not b and a == b and hash(a) == hash(b)  # equal by value, no memoisation
+    assert a != optim.get("adam", 2e-3, clip_norm=1.0)
+    assert a != optim.get("adam", 1e-3)
+    model = fnn.mlp([2, 4, 2], activation="tanh", dtype=jnp.float64)
+    x = np.random.default_rng(0).normal(size=(32, 2))
+    y = (x[:, 0] > 0).astype(np.int32)
+    traces = [0]
+    ce = fnn.losses.get("softmax_cross_entropy")
+
+    def fn(pred, target):
+        traces[0] += 1
+        return ce.fn(pred, target)
+
+    loss = ce._replace(fn=fn)
+    kw = dict(epochs=1, batch_size=16, key=jax.random.key(0), progress=False)
+    fnn.train.fit(model, loss, a, (x, y), **kw)
+    fnn.train.fit(model, loss, b, (x, y), **kw)
+    assert traces[0] == 1  # jax.jit's cache served b with a's compiled epoch
+    fnn.train.fit(model, loss, optim.get("adam", 2e-3, clip_norm=1.0), (x, y), **kw)
+    assert traces[0] == 2
+
+
+def test_rule_and_factory_are_the_table_that_get_schedules():
+    w = {"w": jnp.array([1.0, -2.0], jnp.float64)}
+    g = {"w": jnp.array([0.5, 0.25], jnp.float64)}
+    direct = optim.rule("nesterov", momentum=0.5)(0.1)
+    ref = optax.sgd(0.1, momentum=0.5, nesterov=True)
+    np.testing.assert_array_equal(
+        direct.update(g, direct.init(w), w)[0]["w"], ref.update(g, ref.init(w), w)[0]["w"]
+    )
+    swept = optax.inject_hyperparams(optim.factory("sgd", schedule="cosine", steps=10))(
+        learning_rate=0.2
+    )
+    got = optim.get("sgd", 0.2, schedule="cosine", steps=10)
+    s1, s2 = swept.init(w), got.init(w)
+    for _ in range(3):
+        u1, s1 = swept.update(g, s1, w)
+        u2, s2 = got.update(g, s2, w)
+        np.testing.assert_allclose(u1["w"], u2["w"], rtol=1e-12)
+    with pytest.raises(ValueError, match=r"optimizer: unknown 'adamm'; expected one of"):
+        optim.rule("adamm")
+    with pytest.raises(ValueError, match=r"steps: the 'cosine' schedule needs"):
+        optim.factory("sgd", schedule="cosine")
 
 
 def test_learning_rate_is_none_without_inject_hyperparams():

@@ -5,9 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from stateful_layer import centering
 
 import fnn
-from fnn import losses, optim, train
+from fnn import diagnostics, losses, many, optim, train
+from fnn.train import GRADS
 
 CE = losses.get("softmax_cross_entropy")
 
@@ -72,7 +74,7 @@ def test_step_metrics_are_measured_before_the_update_and_state_is_donated():
     expected_w = params[0]["w"] - 0.1 * g[0]["w"]
     state = train.init_state(params, opt, jax.random.key(3))
     old_w = state.params[0]["w"]
-    new, metrics = train.make_step(model, CE, opt)(state, x, y)
+    new, metrics = train.make_step(model, CE, opt, accuracy=True, grad_norm=True)(state, x, y)
     assert set(metrics) == {"loss", "grad_norm", "accuracy"}
     np.testing.assert_allclose(metrics["loss"], expected_loss, rtol=1e-12)
     np.testing.assert_allclose(metrics["accuracy"], expected_acc, rtol=1e-12)
@@ -80,11 +82,12 @@ def test_step_metrics_are_measured_before_the_update_and_state_is_donated():
     np.testing.assert_allclose(metrics["grad_norm"], norm, rtol=1e-12)
     np.testing.assert_allclose(new.params[0]["w"], expected_w, rtol=1e-12)
     assert old_w.is_deleted()  # the input state's buffers (and init_state's params) were donated
-    _, mse_metrics = train.make_step(model, "mse", opt)(new, x, jnp.zeros((16, 3), jnp.float64))
-    assert set(mse_metrics) == {"loss", "grad_norm"}
+    mse_step = train.make_step(model, "mse", opt, accuracy=True, grad_norm=True)
+    _, mse_metrics = mse_step(new, x, jnp.zeros((16, 3), jnp.float64))
+    assert set(mse_metrics) == {"loss", "grad_norm"}  # no accuracy for a regression loss
     state = train.init_state(model.init(jax.random.key(0)), opt, jax.random.key(3))
-    _, lean = train.make_step(model, CE, opt, grad_norm=False)(state, x, y)
-    assert set(lean) == {"loss", "accuracy"}
+    _, lean = train.make_step(model, CE, opt)(state, x, y)
+    assert set(lean) == {"loss"}  # the default: the loss only, a hand-written step's work
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,6 +482,151 @@ def test_skip_guards_cond_and_select_agree(grad):
     (a, sa), (b, sb) = out["cond"], out["select"]
     assert int(sa["skipped"]) == int(sb["skipped"]) == 1
     assert int(a.step) == int(b.step) == 4
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)[:-1] + [b.key], strict=True):
-        if jnp.issubdtype(u.dtype, jnp.inexact):
+    # Every leaf is compared: floats to round-off, counters exactly, the keys by their data
+    # (a typed key has no float dtype, so it needs key_data to be compared at all).
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert u.dtype == v.dtype
+        if jnp.issubdtype(u.dtype, jax.dtypes.prng_key):
+            np.testing.assert_array_equal(jax.random.key_data(u), jax.random.key_data(v))
+        elif jnp.issubdtype(u.dtype, jnp.inexact):
             np.testing.assert_allclose(u, v, rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(u, v)
+    assert jnp.issubdtype(a.key.dtype, jax.dtypes.prng_key)  # the key leaf was among them
+
+
+# ---------------------------------------------------------------------------------------------
+# float32 in-process: conftest enables x64 for the session, so these pin every dtype.
+
+
+def _dtypes(tree):
+    return {str(a.dtype) for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.inexact)}
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [
+        optim.get("adam", 1e-2, schedule="warmup_cosine", steps=8),
+        optax.sgd(optax.exponential_decay(0.1, 4, 0.5), momentum=0.9),
+        optax.inject_hyperparams(optax.rmsprop)(learning_rate=0.01),
+    ],
+    ids=["optim.get", "optax-schedule", "inject"],
+)
+def test_float32_training_stays_float32_with_x64_enabled(opt):
+    """Under x64 a schedule computes in float64; the state must still come back float32
+    (else the next step would retrace and the run would silently train in float64)."""
+    assert jax.config.jax_enable_x64  # the session's setting, which makes this test bite
+    model = fnn.mlp([2, 8, 2], activation="tanh", dtype=jnp.float32)
+    x, y = blobs(64, dtype=np.float32)
+    loss, calls = counting(CE)
+    state = train.init_state(model.init(jax.random.key(0)), opt, jax.random.key(1))
+    step = train.make_step(model, loss, opt)
+    for _ in range(3):
+        state, metrics = step(state, jnp.asarray(x[:16]), jnp.asarray(y[:16]))
+    assert calls[0] == 1  # one trace: the output state's avals equal the input's
+    assert _dtypes(state.params) == {"float32"}
+    assert _dtypes(state.opt_state) <= {"float32"}
+    assert metrics["loss"].dtype == jnp.float32
+    fitted, hist = train.fit(
+        model, CE, opt, (x, y), epochs=2, batch_size=16, key=jax.random.key(0), progress=False
+    )
+    assert _dtypes(fitted.params) == {"float32"} and _dtypes(fitted.opt_state) <= {"float32"}
+    assert all(np.isfinite(hist["train_loss"]))
+    assert train.evaluate(model, CE, fitted.params, (x, y))["accuracy"] > 0.4
+
+
+def test_float32_sweep_and_lr_find_stay_float32():
+    model = fnn.mlp([2, 8, 2], activation="tanh", dtype=jnp.float32)
+    x, y = blobs(64, dtype=np.float64)  # float64 data is cast to the model's dtype
+    states, _ = many.fit_many(
+        model,
+        CE,
+        optax.adam,
+        (x, y),
+        epochs=1,
+        batch_size=16,
+        seeds=[0, 1],
+        hparams={"learning_rate": [1e-3, 1e-2]},
+        progress=False,
+    )
+    assert _dtypes(states.params) == {"float32"} and _dtypes(states.opt_state) <= {"float32"}
+    res = diagnostics.lr_find(model, CE, (x, y), steps=12, batch_size=16)
+    assert res.losses.shape == res.lrs.shape == (12,) and np.all(np.isfinite(res.losses))
+
+
+# ---------------------------------------------------------------------------------------------
+# Model state (running statistics) through the engine
+
+
+def _stateful_model(dtype=jnp.float64):
+    layers = fnn.layers
+    return fnn.models.build(
+        fnn.models.serial(
+            layers.dense(6), centering(0.5), layers.activation("tanh"), layers.dense(2)
+        ),
+        (2,),
+        dtype,
+    )
+
+
+def test_stateless_models_carry_an_empty_model_state():
+    model = fnn.mlp([2, 4, 2], activation="tanh")
+    x, y = blobs(32)
+    state, _ = train.fit(
+        model,
+        CE,
+        optax.sgd(0.1),
+        (x, y),
+        epochs=1,
+        batch_size=16,
+        key=jax.random.key(0),
+        progress=False,
+    )
+    assert state.model_state == {} and jax.tree.leaves(state.model_state) == []
+
+
+@pytest.mark.parametrize("grad", ["autodiff", "manual"])
+def test_a_step_updates_the_running_statistics_from_the_batch(grad):
+    model = _stateful_model()
+    x, y = blobs(16, dtype=np.float64)
+    params = model.init(jax.random.key(0))
+    h = x @ np.asarray(params[0]["w"]) + np.asarray(params[0]["b"])  # the centering's input
+    state = train.init_state(params, optax.sgd(0.1), jax.random.key(1), model.init_state())
+    new, _ = train.make_step(model, CE, optax.sgd(0.1), grad=grad)(state, x, y)
+    np.testing.assert_allclose(new.model_state[1]["mean"], 0.5 * h.mean(0), rtol=1e-12)
+    var = ((h - h.mean(0)) ** 2).mean(0)
+    np.testing.assert_allclose(new.model_state[1]["var"], 0.5 + 0.5 * var, rtol=1e-12)
+
+
+def test_stateful_fit_manual_equals_autodiff_and_evaluation_reads_the_state():
+    model = _stateful_model()
+    x, y = blobs(96, dtype=np.float64)
+    kw = dict(epochs=3, batch_size=16, key=jax.random.key(0), progress=False)
+    runs = {g: train.fit(model, CE, optax.adam(1e-2), (x, y), grad=g, **kw)[0] for g in GRADS}
+    a, m = runs["autodiff"], runs["manual"]
+    for u, v in zip(
+        jax.tree.leaves((a.params, a.model_state)),
+        jax.tree.leaves((m.params, m.model_state)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(u, v, rtol=1e-9, atol=1e-9)  # centering zeroes b0's grad
+    assert float(jnp.max(jnp.abs(a.model_state[1]["mean"]))) > 1e-3  # it moved from zeros
+    # evaluate(state) runs the model in evaluation mode with the running statistics.
+    out = model.apply(a.params, jnp.asarray(x), state=a.model_state)
+    expected = float(CE.fn(out, jnp.asarray(y)))
+    got = train.evaluate(model, CE, a, (x, y))["loss"]
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    fresh = train.evaluate(model, CE, a.params, (x, y))["loss"]  # init_state's statistics
+    assert abs(fresh - got) > 1e-6
+
+
+def test_fit_many_threads_each_runs_model_state():
+    model = _stateful_model()
+    x, y = blobs(64, dtype=np.float64)
+    kw = dict(epochs=2, batch_size=16, progress=False)
+    states, _ = many.fit_many(model, CE, optax.sgd(0.1), (x, y), seeds=[0, 1], **kw)
+    for k in (0, 1):
+        alone, _ = train.fit(model, CE, optax.sgd(0.1), (x, y), key=jax.random.key(k), **kw)
+        np.testing.assert_allclose(
+            many.take(states.model_state, k)[1]["var"], alone.model_state[1]["var"], rtol=1e-10
+        )
