@@ -40,6 +40,7 @@ LAYERS = {
     "layers": 1,
     "models": 2,
     "compose": 2,
+    "recipes": 2,
     "backprop": 3,
     "compare": 3,
     "fd": 3,
