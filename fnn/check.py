@@ -49,16 +49,29 @@ Example:
 
 from __future__ import annotations
 
-import io
-import math
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fnn import losses as _losses
+from fnn.compare import (  # noqa: F401  (re-exported: part of fnn.check's public API)
+    BANDS,
+    TOLERANCES,
+    ModelRow,
+    Report,
+    Row,
+    assert_grads_close,
+    compare,
+    default_tolerances,
+    diagnose,
+    fmt_num,
+    fmt_shape,
+    make_table,
+    render_table,
+    row_dict,
+)
 from fnn.fd import (  # noqa: F401  (re-exported: part of fnn.check's public API)
     FD_TOLERANCES,
     FDLeaf,
@@ -67,253 +80,6 @@ from fnn.fd import (  # noqa: F401  (re-exported: part of fnn.check's public API
     numerical_grad,
 )
 from fnn.models import Model, forward_trace
-
-#: Default ``(rtol, atol_fraction)`` for comparing two analytic gradients, by dtype; the
-#: absolute tolerance is ``atol_fraction`` times the leaf's largest magnitude (see the module
-#: docstring for the reasoning).
-TOLERANCES: dict[str, tuple[float, float]] = {
-    "float64": (1e-7, 1e-12),
-    "float32": (1e-3, 1e-4),
-    "float16": (1e-2, 1e-2),
-    "bfloat16": (5e-2, 5e-2),
-}
-
-
-BANDS = (
-    "How to read the relative errors (float64): <= 1e-7 round-off, good; 1e-7..1e-2 suspicious\n"
-    "(see the worst index: a kink, a near-zero element, a small bug); > 1e-2 almost surely a\n"
-    "wrong gradient. In float32 the bands are about 1e4 times wider."
-)
-
-
-def default_tolerances(*dtypes) -> tuple[float, float]:
-    """``(rtol, atol_fraction)`` from :data:`TOLERANCES` for the least precise of ``dtypes``."""
-    floats = [jnp.dtype(d) for d in dtypes if jnp.issubdtype(d, jnp.floating)]
-    coarse = max(floats or [jnp.dtype("float64")], key=lambda d: float(jnp.finfo(d).eps))
-    return TOLERANCES.get(coarse.name, TOLERANCES["bfloat16"])
-
-
-# ---------------------------------------------------------------------------------------------
-# compare: one row per leaf
-
-
-class Row(NamedTuple):
-    """One leaf of a :class:`Report`.
-
-    Attributes:
-        path: the leaf's pytree path (``jax.tree_util.keystr``), e.g. ``"[0]['w']"``.
-        shape, dtype: of the first operand.
-        max_abs_err: over the compared elements (``inf`` for NaN/inf or a shape mismatch).
-        max_rel_err: over the compared elements, leaving out passing ones near zero
-            (``|a| + |b| < atol / rtol``, decided by ``atol``: there a relative error measures
-            only round-off).
-        worst_index: index (a tuple) of the element that most exceeds its tolerance.
-        n_fail: how many elements fail; n_skipped: how many were excluded (kinks).
-        rtol, atol: the tolerances used.
-        ok: whether every compared element passes.
-        note: why the row failed beyond its numbers (shape mismatch, non-finite values).
-    """
-
-    path: str
-    shape: tuple
-    dtype: str
-    max_abs_err: float
-    max_rel_err: float
-    worst_index: tuple
-    n_fail: int
-    n_skipped: int
-    rtol: float
-    atol: float
-    ok: bool
-    note: str = ""
-
-
-def _ratio(err: np.ndarray, tol: float) -> np.ndarray:
-    if tol > 0:
-        return err / tol
-    return np.where(err > 0, np.inf, 0.0)
-
-
-def _scale(*arrays) -> float:
-    """The largest finite magnitude in ``arrays`` (0 if none)."""
-    return max(
-        (float(np.max(np.abs(v), where=np.isfinite(v), initial=0.0)) for v in arrays), default=0.0
-    )
-
-
-def _compare_leaf(path, a, b, rtol, atol, skip=None) -> Row:
-    a, b = np.asarray(a), np.asarray(b)
-    drt, frac = default_tolerances(a.dtype, b.dtype)
-    rtol = drt if rtol is None else float(rtol)
-    atol = frac * _scale(a, b) if atol is None else float(atol)
-    if a.shape != b.shape:
-        return Row(
-            path,
-            a.shape,
-            a.dtype.name,
-            math.inf,
-            math.inf,
-            (),
-            a.size,
-            0,
-            rtol,
-            atol,
-            False,
-            f"shape {a.shape} vs {b.shape}",
-        )
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    finite = np.isfinite(a64) & np.isfinite(b64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        err = np.where(finite, np.abs(a64 - b64), np.inf)
-        rel = np.where(
-            finite, err / np.maximum(np.abs(a64) + np.abs(b64), np.finfo(float).tiny), np.inf
-        )
-    score = np.minimum(_ratio(err, atol), _ratio(rel, rtol))
-    skip = np.zeros(a.shape, bool) if skip is None else np.broadcast_to(skip, a.shape)
-    score = np.where(skip, -1.0, score)
-    # max_rel_err leaves out passing elements near zero (|a| + |b| < atol/rtol, where the
-    # absolute test decides): there a relative error measures only round-off, and counting
-    # it would make the number useless against the bands.
-    near_zero = ((np.abs(a64) + np.abs(b64)) * rtol < atol) & (err <= atol)
-    err, rel = np.where(skip, 0.0, err), np.where(skip | near_zero, 0.0, rel)
-    n_fail = int(np.sum(score > 1.0))
-    worst = tuple(int(i) for i in np.unravel_index(np.argmax(score), a.shape)) if a.size else ()
-    note = "" if finite.all() else f"{int(np.sum(~finite))} non-finite"
-    return Row(
-        path,
-        a.shape,
-        a.dtype.name,
-        float(err.max(initial=0.0)),
-        float(rel.max(initial=0.0)),
-        worst,
-        n_fail,
-        int(skip.sum()),
-        rtol,
-        atol,
-        n_fail == 0,
-        note,
-    )
-
-
-class Report(NamedTuple):
-    """Leaf-by-leaf comparison of two gradient pytrees (from :func:`compare`).
-
-    Attributes:
-        rows: one :class:`Row` per leaf, in tree order.
-        labels: names of the two operands, used in the table's title.
-    """
-
-    rows: tuple[Row, ...]
-    labels: tuple[str, str] = ("a", "b")
-
-    @property
-    def ok(self) -> bool:
-        """Whether every leaf passes."""
-        return all(r.ok for r in self.rows)
-
-    @property
-    def max_abs_err(self) -> float:
-        return max((r.max_abs_err for r in self.rows), default=0.0)
-
-    @property
-    def max_rel_err(self) -> float:
-        return max((r.max_rel_err for r in self.rows), default=0.0)
-
-    @property
-    def failed(self) -> list[str]:
-        """Paths of the failing leaves."""
-        return [r.path for r in self.rows if not r.ok]
-
-    def as_dict(self) -> dict:
-        """A JSON-ready summary: ``ok``, ``max_abs_err``, ``max_rel_err``, ``leaves``."""
-        return {
-            "ok": self.ok,
-            "max_abs_err": self.max_abs_err,
-            "max_rel_err": self.max_rel_err,
-            "leaves": [_row_dict(r) for r in self.rows],
-        }
-
-    def __str__(self) -> str:
-        table = _table(
-            f"gradients: {self.labels[0]} vs {self.labels[1]}",
-            ["leaf", "shape", "dtype", "max abs err", "max rel err", "worst index", "result"],
-        )
-        for r in self.rows:
-            table.add_row(
-                r.path,
-                _shape(r.shape),
-                r.dtype,
-                _num(r.max_abs_err),
-                _num(r.max_rel_err),
-                str(r.worst_index),
-                _status(r),
-            )
-        verdict = "PASS" if self.ok else f"FAIL: {', '.join(self.failed)}"
-        return _render(
-            table,
-            f"{verdict} (max abs err {_num(self.max_abs_err)}, "
-            f"max rel err {_num(self.max_rel_err)})\n{BANDS}",
-        )
-
-
-def _row_dict(r: Row | None) -> dict | None:
-    if r is None:
-        return None
-    d = r._asdict()
-    d["shape"], d["worst_index"] = list(r.shape), list(r.worst_index)
-    return d
-
-
-def _leaves_by_path(tree) -> dict[str, Any]:
-    return {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def compare(
-    a,
-    b,
-    *,
-    rtol: float | None = None,
-    atol: float | None = None,
-    labels: Sequence[str] = ("a", "b"),
-) -> Report:
-    """Compare two gradient pytrees leaf by leaf.
-
-    Args:
-        a, b: pytrees of the same structure (e.g. manual and autodiff gradients).
-        rtol, atol: tolerances; by default from :data:`TOLERANCES` for the less precise dtype
-            of each pair of leaves (``atol`` then scales with the leaf's largest magnitude).
-            An element passes if ``abs <= atol`` or ``rel <= rtol``.
-        labels: the two operands' names for the table.
-
-    Returns:
-        A :class:`Report`: ``.ok``, ``.max_abs_err``, ``.max_rel_err``, ``.rows``, ``str()``.
-
-    Raises:
-        ValueError: when the trees have different leaves; the message lists the paths found
-            in only one of them.
-    """
-    la, lb = _leaves_by_path(a), _leaves_by_path(b)
-    if list(la) != list(lb):
-        only_a = [p for p in la if p not in lb] or "none"
-        only_b = [p for p in lb if p not in la] or "none"
-        raise ValueError(
-            f"compare: the two trees differ in structure; leaves only in {labels[0]}: {only_a}; "
-            f"only in {labels[1]}: {only_b}; both must have the structure of params"
-        )
-    rows = tuple(_compare_leaf(p, la[p], lb[p], rtol, atol) for p in la)
-    return Report(rows, tuple(labels))
-
-
-def assert_grads_close(a, b, *, rtol: float | None = None, atol: float | None = None) -> None:
-    """Raise ``AssertionError`` carrying the :func:`compare` table unless ``a`` matches ``b``.
-
-    Example:
-        >>> assert_grads_close({"w": jnp.ones(3)}, {"w": jnp.ones(3)})
-    """
-    report = compare(a, b, rtol=rtol, atol=atol)
-    if not report.ok:
-        raise AssertionError("gradients differ\n" + str(report))
-
 
 # ---------------------------------------------------------------------------------------------
 # the three-way check of a model
@@ -348,46 +114,6 @@ def _kinked(layer) -> bool:
     if layer.children:
         return any(_kinked(c) for c in layer.children)
     return layer.activation is not None and bool(layer.activation.kinks)
-
-
-class ModelRow(NamedTuple):
-    """One leaf of a :class:`ModelReport`.
-
-    Attributes:
-        path, shape, dtype: the parameter leaf.
-        autodiff: manual vs ``jax.grad`` (:class:`Row`).
-        fd: manual vs finite differences, or ``None`` when they were not taken.
-        fd_autodiff: ``jax.grad`` vs finite differences, or ``None``.
-        fd_mode: ``"coords"``, ``"directions"``, ``"skipped"`` or ``"off"``.
-        kinks: finite-difference estimates skipped because their step straddled a kink.
-        ok: manual agrees with both other witnesses.
-        diagnosis: who disagrees with whom, in words.
-    """
-
-    path: str
-    shape: tuple
-    dtype: str
-    autodiff: Row
-    fd: Row | None
-    fd_autodiff: Row | None
-    fd_mode: str
-    kinks: int
-    ok: bool
-    diagnosis: str
-
-
-def _diagnose(ad: Row, fd: Row | None, fd_ad: Row | None) -> str:
-    if fd is None:
-        return "ok" if ad.ok else "manual backward disagrees with jax.grad"
-    if ad.ok and fd.ok:
-        return "ok"
-    if not ad.ok and fd_ad.ok:
-        return "manual backward wrong (jax.grad agrees with finite differences)"
-    if not ad.ok and fd.ok:
-        return "jax.grad disagrees (custom_vjp or stop_gradient in the forward?)"
-    if ad.ok:
-        return "manual and jax.grad agree, finite differences do not (forward not smooth?)"
-    return "all three disagree"
 
 
 class ModelReport(NamedTuple):
@@ -447,12 +173,12 @@ class ModelReport(NamedTuple):
         fd = (
             ""
             if self.fd_dtype is None
-            else f" and finite differences (max rel {_num(self.fd_max_rel_err)})"
+            else f" and finite differences (max rel {fmt_num(self.fd_max_rel_err)})"
         )
         if self.ok:
             return (
                 f"PASS: the manual backward agrees with jax.grad (max rel "
-                f"{_num(self.max_rel_err)}){fd} on all {len(self.rows)} leaves"
+                f"{fmt_num(self.max_rel_err)}){fd} on all {len(self.rows)} leaves"
             )
         bad = [r for r in self.rows if not r.ok]
         return f"FAIL: {len(bad)} of {len(self.rows)} leaves disagree: " + "; ".join(
@@ -481,16 +207,16 @@ class ModelReport(NamedTuple):
                     "diagnosis": r.diagnosis,
                     "fd_mode": r.fd_mode,
                     "kinks": r.kinks,
-                    "autodiff": _row_dict(r.autodiff),
-                    "fd": _row_dict(r.fd),
-                    "fd_autodiff": _row_dict(r.fd_autodiff),
+                    "autodiff": row_dict(r.autodiff),
+                    "fd": row_dict(r.fd),
+                    "fd_autodiff": row_dict(r.fd_autodiff),
                 }
                 for r in self.rows
             ],
         }
 
     def __str__(self) -> str:
-        table = _table(
+        table = make_table(
             f"gradient check: manual vs jax.grad vs finite differences "
             f"({self.dtype}, loss {self.value:.6g})",
             [
@@ -505,11 +231,15 @@ class ModelReport(NamedTuple):
             ],
         )
         for r in self.rows:
-            fd = "-" if r.fd is None else f"{_num(r.fd.max_abs_err)} / {_num(r.fd.max_rel_err)}"
+            fd = (
+                "-"
+                if r.fd is None
+                else f"{fmt_num(r.fd.max_abs_err)} / {fmt_num(r.fd.max_rel_err)}"
+            )
             table.add_row(
                 r.path,
-                _shape(r.shape),
-                f"{_num(r.autodiff.max_abs_err)} / {_num(r.autodiff.max_rel_err)}",
+                fmt_shape(r.shape),
+                f"{fmt_num(r.autodiff.max_abs_err)} / {fmt_num(r.autodiff.max_rel_err)}",
                 str(r.autodiff.worst_index),
                 fd,
                 r.fd_mode,
@@ -517,7 +247,7 @@ class ModelReport(NamedTuple):
                 "ok" if r.ok else "FAIL: " + r.diagnosis,
             )
         extra = f"\n{self.note}" if self.note else ""
-        return _render(table, f"{self.verdict}{extra}\n{BANDS}")
+        return render_table(table, f"{self.verdict}{extra}\n{BANDS}")
 
 
 def check_model(
@@ -611,7 +341,7 @@ def check_model(
                 "off" if leaf is None else leaf.mode,
                 0 if leaf is None else int(leaf.kinks.sum()),
                 ok,
-                _diagnose(r, f1, f2),
+                diagnose(r, f1, f2),
             )
         )
     return ModelReport(
@@ -629,39 +359,3 @@ def _to64(tree):
         return v.astype(jnp.float64) if jnp.issubdtype(v.dtype, jnp.floating) else v
 
     return jax.tree.map(cast, tree)
-
-
-# ---------------------------------------------------------------------------------------------
-# rich tables rendered to plain text
-
-
-def _table(title: str, columns: list[str]):
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for c in columns:
-        table.add_column(c, overflow="fold")
-    return table
-
-
-def _render(table, footer: str, width: int = 120) -> str:
-    from rich.console import Console
-
-    buf = io.StringIO()
-    Console(file=buf, width=width, color_system=None, force_terminal=False).print(table)
-    return buf.getvalue() + footer
-
-
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2e}"
-
-
-def _shape(shape: tuple) -> str:
-    return str(tuple(shape))
-
-
-def _status(r: Row) -> str:
-    if r.ok:
-        return "ok" + (f" ({r.n_skipped} kinks skipped)" if r.n_skipped else "")
-    detail = r.note or f"{r.n_fail} of {math.prod(r.shape)} bad"
-    return f"FAIL ({detail})"

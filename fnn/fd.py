@@ -1,8 +1,7 @@
 """Central finite differences: the third, autodiff-free witness of a gradient.
 
-Split from :mod:`fnn.check`, which re-exports everything here; see its docstring for how the
-step is chosen and how the estimates are compared. Comparison helpers are imported from
-:mod:`fnn.check` inside the functions that use them (the two modules refer to each other).
+:mod:`fnn.check` re-exports everything here. Estimates are compared with the rows of
+:mod:`fnn.compare`.
 """
 
 from __future__ import annotations
@@ -16,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+
+from fnn.compare import Report, Row, compare_leaf, default_tolerances, leaves_by_path, scale_of
 
 #: Default ``(rtol, atol)`` against float64 central differences. With the step
 #: ``h = eps**(1/3) * max(1, |theta|)`` ~ 6e-6, truncation (``h**2 f'''/6`` ~ 1e-11) and
@@ -89,16 +90,7 @@ class FiniteDifferences(NamedTuple):
         Returns:
             A :class:`fnn.check.Report`.
         """
-        from fnn.check import (
-            Report,
-            Row,
-            _compare_leaf,
-            _leaves_by_path,
-            _scale,
-            default_tolerances,
-        )
-
-        got = _leaves_by_path(grads)
+        got = leaves_by_path(grads)
         if list(got) != [leaf.path for leaf in self.leaves]:
             raise ValueError(
                 f"{label}: expected leaves {[lf.path for lf in self.leaves]}, got {list(got)}"
@@ -111,7 +103,9 @@ class FiniteDifferences(NamedTuple):
             at = (
                 atol
                 if atol is not None
-                else max(FD_TOLERANCES[1] * max(1.0, abs(self.value)), frac * _scale(np.asarray(g)))
+                else max(
+                    FD_TOLERANCES[1] * max(1.0, abs(self.value)), frac * scale_of(np.asarray(g))
+                )
             )
             if leaf.mode == "skipped" or np.shape(g) != leaf.shape:
                 bad = leaf.mode != "skipped"
@@ -132,7 +126,7 @@ class FiniteDifferences(NamedTuple):
                     )
                 )
                 continue
-            row = _compare_leaf(leaf.path, leaf.project(g), leaf.estimate, rt, at, leaf.kinks)
+            row = compare_leaf(leaf.path, leaf.project(g), leaf.estimate, rt, at, leaf.kinks)
             rows.append(row._replace(shape=tuple(np.shape(g)), dtype=str(jnp.result_type(g))))
         return Report(tuple(rows), (label, "finite differences"))
 
