@@ -56,6 +56,19 @@ import jax
 import jax.numpy as jnp
 
 from fnn import losses as _losses
+from fnn.check_rules import (  # noqa: F401  (re-exported: part of fnn.check's public API)
+    RuleReport,
+    assert_custom_jvp_ok,
+    assert_custom_vjp_ok,
+    assert_vjp_ok,
+    away_from_kinks,
+    check_custom_jvp,
+    check_custom_vjp,
+    check_vjp,
+    draw_away_from_kinks,
+    push_from_kinks,
+    transform_support,
+)
 from fnn.compare import (  # noqa: F401  (re-exported: part of fnn.check's public API)
     BANDS,
     TOLERANCES,
@@ -71,13 +84,20 @@ from fnn.compare import (  # noqa: F401  (re-exported: part of fnn.check's publi
     make_table,
     render_table,
     row_dict,
+    witness_row_dict,
+    witness_table,
 )
 from fnn.fd import (  # noqa: F401  (re-exported: part of fnn.check's public API)
     FD_TOLERANCES,
     FDLeaf,
     FiniteDifferences,
+    Jacobian,
+    JacobianLeaf,
     PrecisionWarning,
+    kink_mask,
     numerical_grad,
+    numerical_jacobian,
+    numerical_jvp,
 )
 from fnn.models import Model, forward_trace
 
@@ -198,54 +218,15 @@ class ModelReport(NamedTuple):
             "fd_max_abs_err": self.fd_max_abs_err,
             "fd_max_rel_err": self.fd_max_rel_err,
             "note": self.note,
-            "leaves": [
-                {
-                    "path": r.path,
-                    "shape": list(r.shape),
-                    "dtype": r.dtype,
-                    "ok": r.ok,
-                    "diagnosis": r.diagnosis,
-                    "fd_mode": r.fd_mode,
-                    "kinks": r.kinks,
-                    "autodiff": row_dict(r.autodiff),
-                    "fd": row_dict(r.fd),
-                    "fd_autodiff": row_dict(r.fd_autodiff),
-                }
-                for r in self.rows
-            ],
+            "leaves": [witness_row_dict(r) for r in self.rows],
         }
 
     def __str__(self) -> str:
-        table = make_table(
+        table = witness_table(
             f"gradient check: manual vs jax.grad vs finite differences "
             f"({self.dtype}, loss {self.value:.6g})",
-            [
-                "leaf",
-                "shape",
-                "manual vs autodiff\nabs / rel",
-                "worst",
-                "manual vs FD\nabs / rel",
-                "FD",
-                "kinks",
-                "result",
-            ],
+            self.rows,
         )
-        for r in self.rows:
-            fd = (
-                "-"
-                if r.fd is None
-                else f"{fmt_num(r.fd.max_abs_err)} / {fmt_num(r.fd.max_rel_err)}"
-            )
-            table.add_row(
-                r.path,
-                fmt_shape(r.shape),
-                f"{fmt_num(r.autodiff.max_abs_err)} / {fmt_num(r.autodiff.max_rel_err)}",
-                str(r.autodiff.worst_index),
-                fd,
-                r.fd_mode,
-                str(r.kinks),
-                "ok" if r.ok else "FAIL: " + r.diagnosis,
-            )
         extra = f"\n{self.note}" if self.note else ""
         return render_table(table, f"{self.verdict}{extra}\n{BANDS}")
 

@@ -337,6 +337,52 @@ def diagnose(ad: Row, fd: Row | None, fd_ad: Row | None) -> str:
     return "all three disagree"
 
 
+def witness_row_dict(r: ModelRow) -> dict:
+    """A JSON-ready :class:`ModelRow`."""
+    return {
+        "path": r.path,
+        "shape": list(r.shape),
+        "dtype": r.dtype,
+        "ok": r.ok,
+        "diagnosis": r.diagnosis,
+        "fd_mode": r.fd_mode,
+        "kinks": r.kinks,
+        "autodiff": row_dict(r.autodiff),
+        "fd": row_dict(r.fd),
+        "fd_autodiff": row_dict(r.fd_autodiff),
+    }
+
+
+def witness_table(title: str, rows: Sequence[ModelRow], manual: str = "manual"):
+    """The table of a three-witness check: one line per :class:`ModelRow`."""
+    table = make_table(
+        title,
+        [
+            "leaf",
+            "shape",
+            f"{manual} vs autodiff\nabs / rel",
+            "worst",
+            f"{manual} vs FD\nabs / rel",
+            "FD",
+            "kinks",
+            "result",
+        ],
+    )
+    for r in rows:
+        fd = "-" if r.fd is None else f"{fmt_num(r.fd.max_abs_err)} / {fmt_num(r.fd.max_rel_err)}"
+        table.add_row(
+            r.path,
+            fmt_shape(r.shape),
+            f"{fmt_num(r.autodiff.max_abs_err)} / {fmt_num(r.autodiff.max_rel_err)}",
+            str(r.autodiff.worst_index),
+            fd,
+            r.fd_mode,
+            str(r.kinks),
+            "ok" if r.ok else "FAIL: " + r.diagnosis,
+        )
+    return table
+
+
 # ---------------------------------------------------------------------------------------------
 # rich tables rendered to plain text (rich is imported when a table is drawn)
 
