@@ -100,7 +100,7 @@ def mlp_vjp(x, w1, w2, g, mask=True):
 
 
 def dense(x, w, b):
-    return x @ w + b
+    return x @ w + b[None, :]
 
 
 def dense_vjp(x, w, b, g):
