@@ -57,16 +57,12 @@ import jax.numpy as jnp
 
 from fnn import losses as _losses
 from fnn.check_rules import (  # noqa: F401  (re-exported: part of fnn.check's public API)
-    RuleReport,
     assert_custom_jvp_ok,
     assert_custom_vjp_ok,
     assert_vjp_ok,
-    away_from_kinks,
     check_custom_jvp,
     check_custom_vjp,
     check_vjp,
-    draw_away_from_kinks,
-    push_from_kinks,
     transform_support,
 )
 from fnn.compare import (  # noqa: F401  (re-exported: part of fnn.check's public API)
@@ -87,19 +83,18 @@ from fnn.compare import (  # noqa: F401  (re-exported: part of fnn.check's publi
     witness_row_dict,
     witness_table,
 )
+from fnn.draws import away_from_kinks, draw_away_from_kinks, push_from_kinks  # noqa: F401
 from fnn.fd import (  # noqa: F401  (re-exported: part of fnn.check's public API)
     FD_TOLERANCES,
     FDLeaf,
     FiniteDifferences,
-    Jacobian,
-    JacobianLeaf,
     PrecisionWarning,
     kink_mask,
     numerical_grad,
-    numerical_jacobian,
-    numerical_jvp,
 )
+from fnn.jacobian import Jacobian, JacobianLeaf, numerical_jacobian, numerical_jvp  # noqa: F401
 from fnn.models import Model, forward_trace
+from fnn.rule_report import RuleReport  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------
 # the three-way check of a model

@@ -2,7 +2,7 @@
 
 Each check asks three witnesses, as :func:`fnn.check.check_model` does for a model: the rule
 under test, JAX's autodiff of the plain function, and central finite differences
-(:func:`fnn.fd.numerical_jacobian`, in float64). It draws several seeded random cotangents
+(:func:`fnn.jacobian.numerical_jacobian`, in float64). It draws several seeded random cotangents
 (or tangents), so that a bug hiding in one direction shows in another, and compares every leaf
 of every argument: rows are named by argument and pytree path (``arg0``, ``arg1['w']``), and a
 row's ``worst_index`` starts with the number of the cotangent that showed the worst error.
@@ -10,8 +10,8 @@ row's ``worst_index`` starts with the number of the cotangent that showed the wo
 The finite differences find kinks on their own (:func:`fnn.fd.kink_mask`: the left and right
 slopes disagree), so relu, abs, max, clip, where and sort need no declaration: an estimate
 whose steps straddle a kink is counted in the row's ``kinks`` and left out of the verdict.
-To keep random primals away from declared kinks, draw them with :func:`draw_away_from_kinks`
-(or the hypothesis strategy :func:`away_from_kinks`).
+To keep random primals away from declared kinks, draw them with
+:func:`fnn.draws.draw_away_from_kinks` (or the hypothesis strategy ``away_from_kinks``).
 
 The report also says which transformations work on the function (``grad``, ``vmap`` of its
 gradient, ``jvp``): a ``jax.custom_vjp`` function has no forward mode, which is reported as a
@@ -24,7 +24,7 @@ Options (keywords of every check):
     fd: take finite differences (float64; float32 primals are cast when x64 is on).
     fd_rtol, fd_atol: rule vs finite differences (default :data:`fnn.fd.FD_TOLERANCES`,
         ``atol`` scaled by the cotangent and ``|f|``).
-    eps, max_coords, directions: as for :func:`fnn.fd.numerical_jacobian`.
+    eps, max_coords, directions: as for :func:`fnn.jacobian.numerical_jacobian`.
     transforms: try ``grad``, ``vmap(grad)`` and ``jvp`` and say which work.
     name: the function's name in the report.
 
@@ -44,291 +44,27 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from fnn.compare import (
-    BANDS,
-    ModelRow,
-    Row,
-    compare_leaf,
-    default_tolerances,
-    diagnose,
-    fmt_num,
-    render_table,
-    witness_row_dict,
-    witness_table,
+from fnn.compare import ModelRow, default_tolerances
+from fnn.draws import random_like
+from fnn.fd import FD_TOLERANCES
+from fnn.jacobian import Jacobian, numerical_jacobian, numerical_jvp
+from fnn.rule_report import (
+    RuleReport,
+    bad_row,
+    fd_tolerances,
+    structure_problem,
+    tol_row,
 )
-from fnn.fd import FD_TOLERANCES, Jacobian, numerical_jacobian, numerical_jvp
 
 #: How many random cotangents (tangents) a check draws by default.
 SAMPLES = 3
-
-
-class RuleReport(NamedTuple):
-    """The result of :func:`check_vjp`, :func:`check_custom_vjp`, :func:`check_custom_jvp`
-    and :func:`fnn.check.check_layer`: the report family of :func:`fnn.check.check_model`.
-
-    Attributes:
-        rows: one :class:`fnn.compare.ModelRow` per checked leaf: every argument leaf for a
-            VJP, every output leaf for a JVP.
-        kind: ``"vjp"``, ``"custom_vjp"``, ``"custom_jvp"`` or ``"layer"``.
-        name: the function's (or layer's) name.
-        dtype: the primals' dtype.
-        fd_dtype: the finite differences' dtype, ``None`` when they were not taken.
-        samples: how many random cotangents (tangents) were drawn.
-        transforms: ``((name, verdict), ...)`` for ``grad``, ``vmap(grad)``, ``jvp``.
-        note: anything else worth knowing (a witness that could not be asked, and why).
-    """
-
-    rows: tuple[ModelRow, ...]
-    kind: str
-    name: str
-    dtype: str
-    fd_dtype: str | None
-    samples: int
-    transforms: tuple[tuple[str, str], ...] = ()
-    note: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """Whether the rule agrees with autodiff and finite differences on every leaf."""
-        return all(r.ok for r in self.rows)
-
-    @property
-    def failed(self) -> list[str]:
-        """Paths of the failing leaves."""
-        return [r.path for r in self.rows if not r.ok]
-
-    @property
-    def max_abs_err(self) -> float:
-        """The rule against autodiff."""
-        return max((r.autodiff.max_abs_err for r in self.rows), default=0.0)
-
-    @property
-    def max_rel_err(self) -> float:
-        """The rule against autodiff."""
-        return max((r.autodiff.max_rel_err for r in self.rows), default=0.0)
-
-    @property
-    def fd_max_rel_err(self) -> float | None:
-        """The rule against finite differences (``None`` when not taken)."""
-        fd = [r.fd.max_rel_err for r in self.rows if r.fd is not None]
-        return max(fd) if fd else None
-
-    @property
-    def kinks(self) -> int:
-        """Finite-difference estimates left out because they straddled a kink."""
-        return sum(r.kinks for r in self.rows)
-
-    @property
-    def verdict(self) -> str:
-        if self.ok:
-            fd = (
-                ""
-                if self.fd_dtype is None
-                else f", finite differences {fmt_num(self.fd_max_rel_err)}"
-            )
-            return (
-                f"PASS: the {self.kind} rule agrees on all {len(self.rows)} leaves over "
-                f"{self.samples} random {self._direction}s (max rel err: autodiff "
-                f"{fmt_num(self.max_rel_err)}{fd})"
-            )
-        bad = [r for r in self.rows if not r.ok]
-        return f"FAIL: {len(bad)} of {len(self.rows)} leaves disagree: " + "; ".join(
-            f"{r.path}: {r.diagnosis}" for r in bad
-        )
-
-    @property
-    def _direction(self) -> str:
-        return "tangent" if self.kind == "custom_jvp" else "cotangent"
-
-    def as_dict(self) -> dict:
-        """JSON-ready: ``ok``, ``verdict``, errors, ``transforms``, ``leaves``."""
-        return {
-            "ok": self.ok,
-            "verdict": self.verdict,
-            "kind": self.kind,
-            "name": self.name,
-            "dtype": self.dtype,
-            "fd_dtype": self.fd_dtype,
-            "samples": self.samples,
-            "max_abs_err": self.max_abs_err,
-            "max_rel_err": self.max_rel_err,
-            "fd_max_rel_err": self.fd_max_rel_err,
-            "kinks": self.kinks,
-            "transforms": dict(self.transforms),
-            "note": self.note,
-            "leaves": [witness_row_dict(r) for r in self.rows],
-        }
-
-    def __str__(self) -> str:
-        title = (
-            f"{self.kind} check of {self.name}: rule vs autodiff vs finite differences "
-            f"({self.dtype}, {self.samples} random {self._direction}s)"
-        )
-        table = witness_table(title, self.rows, manual="rule")
-        lines = [self.verdict]
-        if self.transforms:
-            lines.append("transforms: " + "; ".join(f"{k}: {v}" for k, v in self.transforms))
-        if self.kinks:
-            lines.append(
-                f"{self.kinks} finite-difference estimates straddled a kink (left and right "
-                "slopes differ) and were left out"
-            )
-        if self.note:
-            lines.append(self.note)
-        return render_table(table, "\n".join(lines) + f"\n{BANDS}")
-
-
-# ---------------------------------------------------------------------------------------------
-# rows
-
-
-def structure_problem(got, want) -> str:
-    """Why leaf ``got`` cannot be the cotangent (tangent) of ``want``, or ``""``."""
-    if got is None:
-        return "missing from the rule's output"
-    gs, ws = tuple(np.shape(got)), tuple(np.shape(want))
-    if gs != ws:
-        return f"shape {gs}, expected {ws}"
-    gd, wd = jnp.result_type(got), jnp.result_type(want)
-    if gd != wd:
-        return f"dtype {gd}, expected {wd}"
-    return ""
-
-
-def bad_row(path: str, want, note: str) -> ModelRow:
-    """A failing row for a leaf whose rule output has the wrong structure, shape or dtype."""
-    shape, dtype = tuple(np.shape(want)), str(jnp.result_type(want))
-    rtol, _ = default_tolerances(jnp.result_type(want))
-    row = Row(
-        path, shape, dtype, math.inf, math.inf, (), math.prod(shape), 0, rtol, 0.0, False, note
-    )
-    return ModelRow(path, shape, dtype, row, None, None, "off", 0, False, f"rule output {note}")
-
-
-def stacked_row(path, manual, auto, fd=None, fd_tol=None, skip=None, mode="coords") -> ModelRow:
-    """One :class:`ModelRow` from ``[k, ...]`` stacks over the random cotangents.
-
-    Args:
-        path: the leaf's name.
-        manual, auto: ``[k, *shape]`` the rule's and autodiff's results (``auto`` may be
-            ``None`` when autodiff could not be asked).
-        fd: the finite-difference estimates, ``[k, *shape]`` (coords) or ``[k, p]``
-            (directions), with ``manual`` and ``auto`` already projected to match.
-        fd_tol: ``(rtol, atol)`` against the differences.
-        skip: kink flags shaped like ``fd``.
-        mode: the differences' mode.
-    """
-    manual = np.asarray(manual)
-    shape = manual.shape[1:]
-    # Where the differences found a kink the rule and autodiff may each pick a one-sided
-    # derivative (relu at 0, max at a tie): both are right, so those elements are skipped too.
-    kinked = skip if skip is not None and np.shape(skip) == manual.shape else None
-    ad = compare_leaf(path, manual, manual if auto is None else auto, None, None, kinked)
-    if auto is None:
-        ad = ad._replace(note="autodiff unavailable")
-    ad = ad._replace(shape=shape)
-    f1 = f2 = None
-    if fd is not None:
-        proj_m, proj_a, est = fd
-        f1 = compare_leaf(path, proj_m, est, *fd_tol, skip)._replace(shape=shape)
-        if auto is not None:
-            f2 = compare_leaf(path, proj_a, est, *fd_tol, skip)._replace(shape=shape)
-    kinks = 0 if skip is None else int(np.sum(skip))
-    ok = ad.ok and (f1 is None or f1.ok)
-    diagnosis = rule_diagnosis(ad, f1, f2)
-    if auto is None:
-        ok = f1 is not None and f1.ok
-        diagnosis = "ok (no autodiff witness)" if ok else "rule disagrees with finite differences"
-    return ModelRow(path, shape, ad.dtype, ad, f1, f2, mode if fd else "off", kinks, ok, diagnosis)
-
-
-def fd_tolerances(dtype, rtol, atol_default, atol) -> tuple[float, float]:
-    """``(rtol, atol)`` against finite differences: :data:`fnn.fd.FD_TOLERANCES`, widened to
-    the rule's own dtype tolerance when that is coarser."""
-    drt, _ = default_tolerances(dtype)
-    return (max(FD_TOLERANCES[0], drt) if rtol is None else rtol), (
-        atol_default if atol is None else atol
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# random cotangents, tangents and primals
-
-
-def random_like(key, tree, n: int) -> list:
-    """``n`` standard-normal pytrees shaped like ``tree`` (float leaves; others zero)."""
-    leaves, treedef = jax.tree.flatten(tree)
-    out = []
-    for k in range(n):
-        keys = jax.random.split(jax.random.fold_in(key, k), max(len(leaves), 1))
-        out.append(
-            jax.tree.unflatten(
-                treedef,
-                [
-                    jax.random.normal(kk, jnp.shape(v), jnp.result_type(v))
-                    if jnp.issubdtype(jnp.result_type(v), jnp.inexact)
-                    else jnp.zeros(jnp.shape(v), jnp.result_type(v))
-                    for kk, v in zip(keys, leaves, strict=False)
-                ],
-            )
-        )
-    return out
-
-
-def push_from_kinks(x, kinks: Sequence[float] = (0.0,), margin: float = 1e-3):
-    """Move every element of ``x`` within ``margin`` of a kink to ``kink +- margin``.
-
-    The side is the one the element was on (``>=`` goes up). Kinks should lie more than
-    ``2 * margin`` apart.
-    """
-    x = jnp.asarray(x)
-    for k in kinks:
-        close = jnp.abs(x - k) < margin
-        x = jnp.where(close, jnp.where(x >= k, k + margin, k - margin).astype(x.dtype), x)
-    return x
-
-
-def draw_away_from_kinks(
-    key,
-    shape,
-    kinks: Sequence[float] = (0.0,),
-    *,
-    margin: float = 1e-3,
-    dtype=jnp.float64,
-    scale=1.0,
-):
-    """Standard-normal draws times ``scale``, kept at least ``margin`` from every kink.
-
-    Example:
-        >>> x = draw_away_from_kinks(jax.random.key(0), (1000,), kinks=(0.0, 1.0), margin=0.01)
-        >>> bool(jnp.all(jnp.abs(x) >= 0.01) & jnp.all(jnp.abs(x - 1.0) >= 0.01))
-        True
-    """
-    x = scale * jax.random.normal(key, tuple(shape), dtype)
-    return push_from_kinks(x, kinks, margin)
-
-
-def away_from_kinks(shape, kinks: Sequence[float] = (0.0,), *, margin: float = 1e-3, bound=3.0):
-    """A hypothesis strategy of float64 arrays in ``[-bound, bound]``, ``margin`` from kinks.
-
-    Needs ``hypothesis`` (the test extra), imported when called.
-    """
-    from hypothesis import strategies as st
-    from hypothesis.extra import numpy as hnp
-
-    elements = st.floats(-bound, bound, allow_nan=False, allow_infinity=False)
-    return hnp.arrays(np.float64, tuple(shape), elements=elements).map(
-        lambda a: np.asarray(push_from_kinks(jnp.asarray(a), kinks, margin))
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,24 +224,6 @@ def vjp_rows(primals, argnums, cts, manual, auto, jac: Jacobian | None, opts) ->
         ad_opts = (opts["rtol"], opts["atol"])
         rows.append(tol_row(path, m, a, fd, tol, skip, mode, ad_opts))
     return rows
-
-
-def tol_row(path, m, a, fd, tol, skip, mode, ad_opts) -> ModelRow:
-    """:func:`stacked_row` with explicit rule-vs-autodiff tolerances."""
-    row = stacked_row(path, m, a, fd, tol, skip, mode)
-    if ad_opts == (None, None) or a is None:
-        return row
-    kinked = skip if skip is not None and np.shape(skip) == m.shape else None
-    ad = compare_leaf(path, m, a, *ad_opts, kinked)._replace(shape=row.shape)
-    ok = ad.ok and (row.fd is None or row.fd.ok)
-    return row._replace(autodiff=ad, ok=ok, diagnosis=rule_diagnosis(ad, row.fd, row.fd_autodiff))
-
-
-def rule_diagnosis(ad: Row, fd: Row | None, fd_ad: Row | None) -> str:
-    """:func:`fnn.compare.diagnose` in the words of a rule check."""
-    return (
-        diagnose(ad, fd, fd_ad).replace("manual backward", "rule").replace("jax.grad", "autodiff")
-    )
 
 
 def normalise_cotangents(out, n: int):

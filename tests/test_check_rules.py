@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from fnn import check, check_rules, fd
+from fnn import check, check_rules, fd, jacobian
 
 F64 = jnp.float64
 
@@ -233,7 +233,9 @@ def test_check_custom_vjp_holds_nondiff_arguments_fixed():
 
 
 def test_check_custom_vjp_refuses_other_functions():
-    with pytest.raises(TypeError, match="must be a jax.custom_vjp function, got PjitFunction; for a plain function"):
+    with pytest.raises(
+        TypeError, match="must be a jax.custom_vjp function, got PjitFunction; for a plain function"
+    ):
         check.check_custom_vjp(jnp.sin, jnp.ones(2))
 
 
@@ -303,7 +305,7 @@ def test_kink_mask_tells_kinks_from_steep_slopes():
 
 def test_numerical_jacobian_matches_mpmath():
     x = jnp.array([0.3, -1.1, 2.0], F64)
-    jac = fd.numerical_jacobian(lambda v: jnp.sin(v) * jnp.exp(v[::-1]), (x,))
+    jac = jacobian.numerical_jacobian(lambda v: jnp.sin(v) * jnp.exp(v[::-1]), (x,))
     want = np.zeros((3, 3))
     xs = [mpmath.mpf(float(v)) for v in x]
     for i in range(3):
@@ -322,13 +324,42 @@ def test_numerical_jacobian_matches_mpmath():
 
 def test_numerical_jvp_along_tangents():
     x = jnp.array([0.3, -1.1], F64)
-    f0, slopes, kinks = fd.numerical_jvp(lambda v: jnp.sin(v) ** 2, (x,), [(jnp.ones(2, F64),)])
+    f0, slopes, kinks = jacobian.numerical_jvp(
+        lambda v: jnp.sin(v) ** 2, (x,), [(jnp.ones(2, F64),)]
+    )
     np.testing.assert_allclose(slopes[0], np.sin(2 * np.asarray(x)), rtol=1e-8)
     assert f0.shape == (2,) and kinks.tolist() == [False]
-    _, _, kinks = fd.numerical_jvp(jnp.abs, (jnp.array([0.0, 1.0], F64),), [(jnp.ones(2, F64),)])
+    _, _, kinks = jacobian.numerical_jvp(
+        jnp.abs, (jnp.array([0.0, 1.0], F64),), [(jnp.ones(2, F64),)]
+    )
     assert kinks.tolist() == [True]
 
 
 def test_rows_name_nested_arguments():
     names = [n for n, _ in check_rules.leaf_paths(({"a": [1.0, 2.0]}, 3.0), [0, 1])]
     assert names == ["arg0['a'][0]", "arg0['a'][1]", "arg1"]
+
+
+def test_fixed_public_names_are_in_fnn_check():
+    for name in [
+        "compare",
+        "assert_grads_close",
+        "Report",
+        "Row",
+        "TOLERANCES",
+        "numerical_grad",
+        "check_model",
+        "check_vjp",
+        "check_custom_vjp",
+        "check_custom_jvp",
+        "assert_vjp_ok",
+        "assert_custom_vjp_ok",
+        "assert_custom_jvp_ok",
+        "RuleReport",
+        "draw_away_from_kinks",
+        "away_from_kinks",
+        "kink_mask",
+        "numerical_jacobian",
+        "transform_support",
+    ]:
+        assert callable(getattr(check, name)) or isinstance(getattr(check, name), dict), name
