@@ -31,7 +31,7 @@ import numpy as np
 
 import fnn
 from fnn import backprop, data, diagnostics, optim, plots, train
-from fnn.models import forward_trace
+from fnn.models import taps
 
 FIGURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures")
 LOSS = "softmax_cross_entropy"
@@ -49,10 +49,10 @@ def parse(argv=None) -> argparse.Namespace:
 
 def ever_on(model, params, x) -> np.ndarray:
     """bool ``[hidden units]``: the unit's pre-activation is > 0 on at least one example."""
-    _, tape = forward_trace(model.layer, params, x)
-    # serial(dense, act, dense, act, dense): the activation layers are 1 and 3; the tape
-    # entry of a leaf layer is its (input, output).
-    return np.concatenate([np.asarray(jnp.any(tape[i][0] > 0, axis=0)) for i in (1, 3)])
+    t = taps(model, params, x)
+    # serial(dense, act, dense, act, dense): the activation layers are [1] and [3]; their
+    # input is the pre-activation.
+    return np.concatenate([np.asarray(jnp.any(t[p]["in"] > 0, axis=0)) for p in ("[1]", "[3]")])
 
 
 def frozen(model, params, x, y) -> float:

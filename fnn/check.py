@@ -55,7 +55,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fnn import backprop, layers
 from fnn import losses as _losses
+from fnn.check_layers import assert_layer_ok, check_layer  # noqa: F401
+from fnn.check_layers import locate as locate_layers
 from fnn.check_rules import (  # noqa: F401  (re-exported: part of fnn.check's public API)
     assert_custom_jvp_ok,
     assert_custom_vjp_ok,
@@ -63,6 +66,7 @@ from fnn.check_rules import (  # noqa: F401  (re-exported: part of fnn.check's p
     check_custom_jvp,
     check_custom_vjp,
     check_vjp,
+    to64,
     transform_support,
 )
 from fnn.compare import (  # noqa: F401  (re-exported: part of fnn.check's public API)
@@ -93,8 +97,8 @@ from fnn.fd import (  # noqa: F401  (re-exported: part of fnn.check's public API
     numerical_grad,
 )
 from fnn.jacobian import Jacobian, JacobianLeaf, numerical_jacobian, numerical_jvp  # noqa: F401
-from fnn.models import Model, forward_trace
-from fnn.rule_report import RuleReport  # noqa: F401
+from fnn.models import Model, sublayers, taps
+from fnn.rule_report import LayerFinding, RuleReport, culprit_line, layer_table  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------
 # the three-way check of a model
@@ -103,32 +107,24 @@ from fnn.rule_report import RuleReport  # noqa: F401
 def kink_pattern(model: Model, x, *, key=None, train: bool = False) -> Callable | None:
     """Build ``kink_fn(params)`` for :func:`numerical_grad` from a model's kinked activations.
 
-    For every leaf layer whose activation has ``kinks`` (relu, leaky_relu), the pattern holds
-    the side of each kink its pre-activation lies on, ``sum_k (pre > k)`` (``>`` because fnn's
-    derivative at a kink is the left-hand one). Returns ``None`` when the model has no kinks.
+    For every activation layer whose activation has ``kinks`` (relu, leaky_relu), the pattern
+    holds the side of each kink its pre-activation (the layer's input, from
+    :func:`fnn.models.taps`) lies on, ``sum_k (pre > k)`` (``>`` because fnn's derivative at a
+    kink is the left-hand one). Returns ``None`` when the model has no kinks.
     """
-    layer = model.layer
-    if not _kinked(layer):
+    kinked = {
+        path: act.kinks
+        for path, lyr in sublayers(model).items()
+        if (act := layers.info(lyr, "activation")) is not None and act.kinks
+    }
+    if not kinked:
         return None
 
-    def regions(lyr, tape):
-        if lyr.children:
-            return [r for c, t in zip(lyr.children, tape, strict=True) for r in regions(c, t)]
-        if not _kinked(lyr):
-            return []
-        pre = tape[0]
-        return [sum((pre > k).astype(jnp.int8) for k in lyr.activation.kinks)]
-
     def kink_fn(params):
-        return regions(layer, forward_trace(layer, params, x, key=key, train=train)[1])
+        t = taps(model, params, x, key=key, train=train)
+        return [sum((t[p]["in"] > k).astype(jnp.int8) for k in ks) for p, ks in kinked.items()]
 
     return kink_fn
-
-
-def _kinked(layer) -> bool:
-    if layer.children:
-        return any(_kinked(c) for c in layer.children)
-    return layer.activation is not None and bool(layer.activation.kinks)
 
 
 class ModelReport(NamedTuple):
@@ -140,6 +136,9 @@ class ModelReport(NamedTuple):
         dtype: the parameters' dtype.
         fd_dtype: the dtype of the finite differences (``None`` when not taken).
         note: why finite differences were skipped, if they were.
+        layers: when the check failed (or ``locate=True``), the loss gradient and every
+            layer's backward checked alone at its real input (:class:`LayerFinding`), in
+            backward-sweep order, culprits marked.
 
     ``max_abs_err``/``max_rel_err`` are manual vs ``jax.grad``; ``fd_max_abs_err`` and
     ``fd_max_rel_err`` manual vs finite differences.
@@ -150,10 +149,11 @@ class ModelReport(NamedTuple):
     dtype: str
     fd_dtype: str | None
     note: str = ""
+    layers: tuple[LayerFinding, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.rows)
+        return all(r.ok for r in self.rows) and all(f.ok for f in self.layers)
 
     @property
     def failed(self) -> list[str]:
@@ -196,12 +196,15 @@ class ModelReport(NamedTuple):
                 f"{fmt_num(self.max_rel_err)}){fd} on all {len(self.rows)} leaves"
             )
         bad = [r for r in self.rows if not r.ok]
-        return f"FAIL: {len(bad)} of {len(self.rows)} leaves disagree: " + "; ".join(
+        text = f"FAIL: {len(bad)} of {len(self.rows)} leaves disagree: " + "; ".join(
             f"{r.path}: {r.diagnosis}" for r in bad
         )
+        where = culprit_line(self.layers)
+        return f"{text}\n{where}" if where else text
 
     def as_dict(self) -> dict:
-        """JSON-ready: ``ok``, ``max_abs_err``, ``max_rel_err``, ``fd_*``, ``leaves``."""
+        """JSON-ready: ``ok``, ``max_abs_err``, ``max_rel_err``, ``fd_*``, ``leaves``,
+        ``layers``."""
         return {
             "ok": self.ok,
             "verdict": self.verdict,
@@ -214,6 +217,7 @@ class ModelReport(NamedTuple):
             "fd_max_rel_err": self.fd_max_rel_err,
             "note": self.note,
             "leaves": [witness_row_dict(r) for r in self.rows],
+            "layers": [f._asdict() for f in self.layers],
         }
 
     def __str__(self) -> str:
@@ -223,7 +227,10 @@ class ModelReport(NamedTuple):
             self.rows,
         )
         extra = f"\n{self.note}" if self.note else ""
-        return render_table(table, f"{self.verdict}{extra}\n{BANDS}")
+        text = render_table(table, f"{self.verdict}{extra}\n{BANDS}")
+        if self.layers:
+            text += "\n" + render_table(layer_table(self.layers), "")
+        return text
 
 
 def check_model(
@@ -244,6 +251,7 @@ def check_model(
     max_coords: int = 256,
     directions: int = 8,
     fd_key=None,
+    locate: bool | None = None,
 ) -> ModelReport:
     """Check a model's hand-written backward against ``jax.grad`` and finite differences.
 
@@ -259,12 +267,12 @@ def check_model(
             they are skipped for float32 models and the report says why.
         fd_rtol, fd_atol: tolerances against the differences (default :data:`FD_TOLERANCES`).
         eps, max_coords, directions, fd_key: passed to :func:`numerical_grad`.
+        locate: check every layer's backward alone at its real input and name the culprit
+            (:func:`locate`); default: when a leaf fails. The loss gradient is checked too.
 
     Returns:
-        A :class:`ModelReport`: ``.ok``, ``.verdict``, per-leaf rows, ``str()`` table.
+        A :class:`ModelReport`: ``.ok``, ``.verdict``, per-leaf rows, ``.layers``, ``str()``.
     """
-    from fnn import backprop  # backprop imports models; keep module import order simple
-
     loss = _losses.get(loss)
     train = key is not None if train is None else bool(train)
     value, manual = backprop.value_and_grad(model, loss)(params, x, y, key=key, train=train)
@@ -277,61 +285,72 @@ def check_model(
     dtype = jnp.dtype(jax.tree.leaves(params)[0].dtype) if jax.tree.leaves(params) else None
     fd_res, note = None, ""
     if fd and dtype is not None:
-        if jnp.finfo(dtype).bits >= 64:
-            p64, x64, y64 = params, x, y
-        elif jax.config.jax_enable_x64:
-            p64, x64, y64 = (_to64(params), _to64(x), _to64(y))
-        else:
-            note = (
-                f"finite differences skipped: {dtype.name} is too coarse for them and "
-                "float64 is off; enable x64 to get the third witness"
-            )
-        if not note:
-            fd_res = numerical_grad(
-                lambda p: objective(p, x64, y64),
-                p64,
-                eps=eps,
-                max_coords=max_coords,
-                directions=directions,
-                key=fd_key,
-                kink_fn=kink_pattern(model, x64, key=key, train=train),
-            )
+        fd_res, note = _model_fd(
+            model, objective, params, x, y, key, train, dtype, fd_key, eps, max_coords, directions
+        )
     vs_fd = vs_fd_ad = None
     if fd_res is not None:
         vs_fd = fd_res.compare(manual, rtol=fd_rtol, atol=fd_atol, label="manual")
         vs_fd_ad = fd_res.compare(auto, rtol=fd_rtol, atol=fd_atol, label="jax.grad")
-    rows = []
-    for i, r in enumerate(ad.rows):
-        f1 = None if vs_fd is None else vs_fd.rows[i]
-        f2 = None if vs_fd_ad is None else vs_fd_ad.rows[i]
-        leaf = None if fd_res is None else fd_res.leaves[i]
-        ok = r.ok and (f1 is None or f1.ok)
-        rows.append(
-            ModelRow(
-                r.path,
-                r.shape,
-                r.dtype,
-                r,
-                f1,
-                f2,
-                "off" if leaf is None else leaf.mode,
-                0 if leaf is None else int(leaf.kinks.sum()),
-                ok,
-                diagnose(r, f1, f2),
-            )
+    rows = tuple(_model_rows(ad, vs_fd, vs_fd_ad, fd_res))
+    found = ()
+    if locate or (locate is None and not all(r.ok for r in rows)):
+        out = model.apply(params, x, key=key, train=train)
+        found = (
+            _loss_finding(loss, out, y),
+            *locate_layers(model, params, x, key=key, train=train),
         )
     return ModelReport(
-        tuple(rows),
+        rows,
         float(value),
         "" if dtype is None else dtype.name,
         None if fd_res is None else fd_res.dtype,
         note,
+        found,
     )
 
 
-def _to64(tree):
-    def cast(v):
-        v = jnp.asarray(v)
-        return v.astype(jnp.float64) if jnp.issubdtype(v.dtype, jnp.floating) else v
+def _model_fd(model, objective, params, x, y, key, train, dtype, fd_key, eps, max_coords, dirs):
+    """Finite differences of the loss in float64, or ``(None, why not)``."""
+    if jnp.finfo(dtype).bits < 64 and not jax.config.jax_enable_x64:
+        return None, (
+            f"finite differences skipped: {dtype.name} is too coarse for them and "
+            "float64 is off; enable x64 to get the third witness"
+        )
+    p64, x64, y64 = to64(params), to64(x), to64(y)
+    fd_res = numerical_grad(
+        lambda p: objective(p, x64, y64),
+        p64,
+        eps=eps,
+        max_coords=max_coords,
+        directions=dirs,
+        key=fd_key,
+        kink_fn=kink_pattern(model, x64, key=key, train=train),
+    )
+    return fd_res, ""
 
-    return jax.tree.map(cast, tree)
+
+def _model_rows(ad: Report, vs_fd, vs_fd_ad, fd_res):
+    for i, r in enumerate(ad.rows):
+        f1 = None if vs_fd is None else vs_fd.rows[i]
+        f2 = None if vs_fd_ad is None else vs_fd_ad.rows[i]
+        leaf = None if fd_res is None else fd_res.leaves[i]
+        yield ModelRow(
+            r.path,
+            r.shape,
+            r.dtype,
+            r,
+            f1,
+            f2,
+            "off" if leaf is None else leaf.mode,
+            0 if leaf is None else int(leaf.kinks.sum()),
+            r.ok and (f1 is None or f1.ok),
+            diagnose(r, f1, f2),
+        )
+
+
+def _loss_finding(loss, out, y) -> LayerFinding:
+    """The loss's hand-written ``grad`` against ``jax.grad`` of its ``fn``, as a finding."""
+    rep = compare(loss.grad(out, y), jax.grad(loss.fn)(out, y))
+    bad = () if rep.ok else ("dpred",)
+    return LayerFinding("loss", loss.name, "manual", rep.ok, rep.max_rel_err, bad, not rep.ok)

@@ -168,11 +168,11 @@ def float_dtype(tree) -> str:
     return str(jnp.result_type(*leaves)) if leaves else "float64"
 
 
-def leaf_paths(primals: tuple, argnums: Sequence[int]) -> list[tuple[str, object]]:
-    """``[(name, leaf)]`` over every leaf of every primal, named ``arg{argnums[i]}<path>``."""
+def leaf_paths(primals: tuple, names: Sequence[str]) -> list[tuple[str, object]]:
+    """``[(name, leaf)]`` over every leaf of every primal, named ``names[i]<path>``."""
     out = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(tuple(primals))[0]:
-        out.append((f"arg{argnums[path[0].idx]}{jax.tree_util.keystr(tuple(path[1:]))}", leaf))
+        out.append((f"{names[path[0].idx]}{jax.tree_util.keystr(tuple(path[1:]))}", leaf))
     return out
 
 
@@ -194,12 +194,12 @@ def finite_differences(f, primals, opts) -> tuple[Jacobian | None, str]:
     return jac, ""
 
 
-def vjp_rows(primals, argnums, cts, manual, auto, jac: Jacobian | None, opts) -> list[ModelRow]:
+def vjp_rows(primals, names, cts, manual, auto, jac: Jacobian | None, opts) -> list[ModelRow]:
     """One row per primal leaf from the rule's and autodiff's cotangents for each ``cts[k]``."""
     flat_cts = [np.asarray(ravel_pytree(ct)[0], np.float64) for ct in cts]
     rows = []
-    for j, (path, want) in enumerate(leaf_paths(primals, argnums)):
-        got = [dict(leaf_paths(m, argnums)).get(path) if m is not None else None for m in manual]
+    for j, (path, want) in enumerate(leaf_paths(primals, names)):
+        got = [dict(leaf_paths(m, names)).get(path) if m is not None else None for m in manual]
         problem = next((p for p in (structure_problem(g, want) for g in got) if p), "")
         if problem:
             rows.append(bad_row(path, want, problem))
@@ -208,7 +208,7 @@ def vjp_rows(primals, argnums, cts, manual, auto, jac: Jacobian | None, opts) ->
         a = (
             None
             if auto is None
-            else np.stack([np.asarray(dict(leaf_paths(x, argnums))[path]) for x in auto])
+            else np.stack([np.asarray(dict(leaf_paths(x, names))[path]) for x in auto])
         )
         fd = tol = skip = None
         mode = "off"
@@ -235,11 +235,12 @@ def normalise_cotangents(out, n: int):
     return None
 
 
-def vjp_report(kind, f_rule, f_plain, primals, argnums, opts, probed) -> RuleReport:
+def vjp_report(kind, f_rule, f_plain, primals, names, opts, probed) -> RuleReport:
     """Shared body of :func:`check_vjp` and :func:`check_custom_vjp`.
 
     ``f_rule(ct) -> cotangents`` applies the rule; ``f_plain`` is the function autodiff and the
-    finite differences see; ``probed`` the one whose transformations are reported.
+    finite differences see; ``probed`` the one whose transformations are reported; ``names``
+    name the primals in the rows (``arg0``, ``params``).
     """
     notes = []
     try:
@@ -252,7 +253,7 @@ def vjp_report(kind, f_rule, f_plain, primals, argnums, opts, probed) -> RuleRep
     auto = None if pullback is None else [pullback(ct) for ct in cts]
     jac, why = finite_differences(f_plain, primals, opts)
     notes += [why] if why else []
-    rows = vjp_rows(primals, argnums, cts, manual, auto, jac, opts)
+    rows = vjp_rows(primals, names, cts, manual, auto, jac, opts)
     transforms = (
         transform_support(probed, primals, custom_vjp=kind == "custom_vjp")
         if opts["transforms"]
@@ -292,7 +293,7 @@ def check_vjp(f: Callable, vjp: Callable, *primals, **options) -> RuleReport:
     def rule(ct):
         return vjp(*primals, ct)
 
-    return vjp_report("vjp", rule, f, primals, range(len(primals)), opts, f)
+    return vjp_report("vjp", rule, f, primals, [f"arg{i}" for i in range(len(primals))], opts, f)
 
 
 def split_static(f, primals, nondiff: Sequence[int]):
@@ -341,7 +342,8 @@ def check_custom_vjp(f, *primals, **options) -> RuleReport:
         return jax.vjp(g_rule, *diff)[1](ct)
 
     opts["name"] = opts["name"] or getattr(f.fun, "__name__", "custom_vjp")
-    return vjp_report("custom_vjp", rule, g_plain, diff, argnums, opts, g_rule)
+    names = [f"arg{i}" for i in argnums]
+    return vjp_report("custom_vjp", rule, g_plain, diff, names, opts, g_rule)
 
 
 def check_custom_jvp(f, *primals, **options) -> RuleReport:

@@ -215,7 +215,8 @@ class Report(NamedTuple):
             ["leaf", "shape", "dtype", "max abs err", "max rel err", "worst index", "result"],
         )
         for r in self.rows:
-            table.add_row(
+            add_row(
+                table,
                 r.path,
                 fmt_shape(r.shape),
                 r.dtype,
@@ -370,7 +371,8 @@ def witness_table(title: str, rows: Sequence[ModelRow], manual: str = "manual"):
     )
     for r in rows:
         fd = "-" if r.fd is None else f"{fmt_num(r.fd.max_abs_err)} / {fmt_num(r.fd.max_rel_err)}"
-        table.add_row(
+        add_row(
+            table,
             r.path,
             fmt_shape(r.shape),
             f"{fmt_num(r.autodiff.max_abs_err)} / {fmt_num(r.autodiff.max_rel_err)}",
@@ -388,12 +390,21 @@ def witness_table(title: str, rows: Sequence[ModelRow], manual: str = "manual"):
 
 
 def make_table(title: str, columns: list[str]):
+    """A rich table; text in brackets (paths, "[autodiff rule]") is shown as is, not markup."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")
     for c in columns:
         table.add_column(c, overflow="fold")
     return table
+
+
+def add_row(table, *cells) -> None:
+    """``table.add_row`` with every cell shown as plain text (no rich markup)."""
+    from rich.markup import escape
+
+    table.add_row(*(escape(str(c)) for c in cells))
 
 
 def render_table(table, footer: str, width: int = 120) -> str:

@@ -18,39 +18,33 @@ inside ``jax.jit`` or from a ``fit`` callback.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fnn import activations as _act
+from fnn import layers
 from fnn import losses as _losses
-from fnn.layers import Layer
-from fnn.models import Model, backward_trace, check_input, forward_trace
+from fnn.models import Model, check_input, sublayers, taps
 
 Array = jax.Array
 
 
-def _walk(layer: Layer, params, tape, prefix: str = "") -> Iterator[tuple[str, Layer, Any, Any]]:
-    """Yield ``(path, leaf_layer, params, tape)`` for every leaf layer, in forward order."""
-    if layer.children:
-        for i, child in enumerate(layer.children):
-            yield from _walk(child, params[i], tape[i], f"{prefix}[{i}]")
-    else:
-        yield prefix or "[0]", layer, params, tape
+def _weights(tree) -> dict[str, Array]:
+    """Every weight matrix (a ``"w"`` entry) of a params-shaped tree, keyed by its layer path.
 
-
-def _dense_paths(model: Model, params) -> list[tuple[str, Any]]:
-    out = []
-    if model.layer.children:
-        items = [(f"[{i}]", p) for i, p in enumerate(params)]
-    else:
-        items = [("[0]", params)]
-    for path, p in items:
-        if isinstance(p, dict) and "w" in p:
-            out.append((path, p))
+    A single layer's dict (not a list) is keyed ``"[0]"``, as a one-layer model's would be.
+    """
+    if isinstance(tree, dict):
+        tree = [tree]
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(path[-1], jax.tree_util.DictKey) and path[-1].key == "w":
+            out[jax.tree_util.keystr(path[:-1])] = leaf
     return out
 
 
@@ -58,33 +52,25 @@ def grad_norms(grads, model: Model | None = None) -> dict[str, Array]:
     """L2 norm of the weight gradient of every dense layer, keyed by its params path.
 
     Args:
-        grads: gradients in the structure of a serial model's params (a list of dicts).
+        grads: gradients in the structure of a model's params; layers nested in residual or
+            parallel blocks are found too (``"[1][0]"``).
         model: unused except for symmetry with the other diagnostics; may be ``None``.
 
     Returns:
         ``{"[0]": norm, "[2]": norm, ...}`` in layer order (input first).
     """
     del model
-    if isinstance(grads, dict):
-        grads = [grads]
-    return {
-        f"[{i}]": jnp.linalg.norm(g["w"])
-        for i, g in enumerate(grads)
-        if isinstance(g, dict) and "w" in g
-    }
+    return {path: jnp.linalg.norm(w) for path, w in _weights(grads).items()}
 
 
 def update_ratios(params_before, params_after) -> dict[str, Array]:
-    """``||w_after - w_before|| / ||w_before||`` for every dense layer's weights."""
-    if isinstance(params_before, dict):
-        params_before, params_after = [params_before], [params_after]
-    out = {}
-    for i, (a, b) in enumerate(zip(params_before, params_after, strict=True)):
-        if isinstance(a, dict) and "w" in a:
-            out[f"[{i}]"] = jnp.linalg.norm(b["w"] - a["w"]) / jnp.maximum(
-                jnp.linalg.norm(a["w"]), jnp.finfo(a["w"].dtype).tiny
-            )
-    return out
+    """``||w_after - w_before|| / ||w_before||`` for every dense layer's weights, by path."""
+    after = _weights(params_after)
+    return {
+        path: jnp.linalg.norm(after[path] - a)
+        / jnp.maximum(jnp.linalg.norm(a), jnp.finfo(a.dtype).tiny)
+        for path, a in _weights(params_before).items()
+    }
 
 
 # Peak of each saturating activation's derivative, at 0: saturation is measured relative to it.
@@ -118,7 +104,8 @@ def unit_stats(model: Model, params, x: Array, *, threshold: float = 0.05) -> Un
             the activation's peak derivative (0.25 for sigmoid, 1 for tanh).
 
     Returns:
-        A :class:`UnitStats`; fractions are scalars in ``[0, 1]``.
+        A :class:`UnitStats` keyed by each activation layer's path
+        (:func:`fnn.models.sublayers`); fractions are scalars in ``[0, 1]``.
 
     Example:
         >>> import jax, jax.numpy as jnp, fnn
@@ -129,16 +116,17 @@ def unit_stats(model: Model, params, x: Array, *, threshold: float = 0.05) -> Un
         1.0
     """
     check_input(model, x)
-    _, tape = forward_trace(model.layer, params, x)
+    t = taps(model, params, x)
     dead, saturated, mean_d = {}, {}, {}
-    for path, layer, _, (xin, _) in _walk(model.layer, params, tape):
-        act = layer.activation
+    for path, layer in sublayers(model).items():
+        act = layers.info(layer, "activation")
         if act is None or not act.elementwise:
             continue
+        xin = t[path]["in"]
         deriv = act.vjp(xin, jnp.ones_like(xin))
         per_unit = jnp.mean(deriv.reshape(deriv.shape[0], -1), axis=0)
         mean_d[path] = jnp.mean(per_unit)
-        if act.name in ("relu", "leaky_relu", "elu", "gelu", "silu", "softplus"):
+        if act.name in _act.RELU_FAMILY:
             ever_on = jnp.any(xin.reshape(xin.shape[0], -1) > 0, axis=0)
             dead[path] = 1.0 - jnp.mean(ever_on.astype(jnp.float32))
         if act.name in _PEAK:
@@ -150,8 +138,8 @@ def unit_stats(model: Model, params, x: Array, *, threshold: float = 0.05) -> Un
 def layer_grad_norms(model: Model, loss, params, x: Array, y: Array) -> dict[str, Array]:
     """Weight-gradient norm per dense layer for ``loss`` on ``(x, y)``, by the manual sweep."""
     loss = _losses.get(loss)
-    out, tape = forward_trace(model.layer, params, x)
-    grads, _ = backward_trace(model.layer, params, tape, loss.grad(out, y))
+    out, res = model.forward(params, x)
+    grads, _ = model.backward(params, res, loss.grad(out, y))
     return grad_norms(grads)
 
 

@@ -68,7 +68,6 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fnn import losses as _losses
-from fnn import models as _models
 from fnn import optim as _optim
 from fnn import parallel as _parallel
 from fnn import train as _train
@@ -491,7 +490,7 @@ def _bytes(model, optimizer, b, n, *, shuffle, per_run_data, eval_n, eval_batch,
     p = _nbytes(params)
     state = p + _nbytes(jax.eval_shape(optimizer.init, params)) + 16
     x1 = jax.ShapeDtypeStruct((1, *model.in_shape), model.dtype)
-    tape = jax.eval_shape(lambda q, x: _models.forward_trace(model.layer, q, x)[1], params, x1)
+    tape = jax.eval_shape(lambda q, x: model.layer.forward(q, x)[1], params, x1)
     act = _nbytes(tape)
     row = _nbytes(x1) + y_row
     steps = n // b

@@ -1,14 +1,18 @@
-"""Composition: ``serial`` layers, models bound to an input shape, and the ``mlp`` recipe.
+"""Composition: ``serial``, ``residual`` and ``parallel`` layers, models, and the ``mlp`` recipe.
 
-:func:`serial` returns a :class:`~fnn.layers.Layer` like any other, so serials nest. Its
-backward is the chain rule over its children in reverse. :func:`forward_trace` and
-:func:`backward_trace` are that rule split in two: the first runs the forward and keeps each
-leaf layer's input and output (the "tape"), the second walks the tape backwards calling each
-layer's hand-written ``backward``. :mod:`fnn.backprop` puts a loss between them.
+A composite is itself a :class:`~fnn.layers.Layer`, so composites nest. Its forward runs its
+children's forwards and keeps their residuals; its backward runs their backwards in reverse and
+adds the cotangents where a value was used twice (the input of a residual block or of parallel
+branches). That composition *is* the manual reverse sweep: :mod:`fnn.backprop` calls the
+model's forward, the loss's gradient and the model's backward, and nothing else.
 
 A :class:`Model` is a layer bound to an input feature shape and a parameter dtype, so that
 ``model.init(key)`` needs nothing else; ``model.apply`` checks ``x`` and ``params`` against
 the model and names the offending layer when they do not fit.
+
+Intermediates are named by path, like parameters: :func:`sublayers` maps ``"[2]"`` (the third
+child), ``"[1][0]"`` (nested) and ``""`` (the whole) to layer records, and :func:`taps` maps
+the same paths to each sub-layer's input and output.
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -19,6 +23,10 @@ Example:
     [['b', 'w'], [], ['b', 'w']]
     >>> model.apply(params, jnp.zeros((5, 2), jnp.float32)).shape
     (5, 1)
+    >>> block = fnn.models.residual(fnn.layers.dense(8), fnn.layers.activation("relu"))
+    >>> net = fnn.models.build(fnn.models.serial(fnn.layers.dense(8), block), (2,))
+    >>> sorted(fnn.models.sublayers(net))
+    ['', '[0]', '[1]', '[1][0]', '[1][1]']
 """
 
 from __future__ import annotations
@@ -31,91 +39,29 @@ import jax.numpy as jnp
 
 from fnn import activations as _act
 from fnn import layers as _layers
+from fnn.compose import as_layer, init_state_of, parallel, residual, serial, sublayers, taps
 from fnn.layers import Layer
+
+__all__ = [
+    "Model",
+    "build",
+    "check_input",
+    "check_params",
+    "describe",
+    "init_state_of",
+    "mlp",
+    "parallel",
+    "residual",
+    "serial",
+    "sublayers",
+    "taps",
+]
 
 Array = jax.Array
 
 
-def _child_key(key, i: int):
-    return None if key is None else jax.random.fold_in(key, i)
-
-
-def forward_trace(layer: Layer, params, x: Array, *, key=None, train: bool = False):
-    """Run ``layer`` forward and keep what its backward needs.
-
-    Returns:
-        ``(y, tape)``: for a leaf layer ``tape = (x, y)``; for a composite one, the list of
-        its children's tapes.
-    """
-    if layer.children:
-        tapes = []
-        h = x
-        for i, (child, p) in enumerate(zip(layer.children, params, strict=True)):
-            h, tape = forward_trace(child, p, h, key=_child_key(key, i), train=train)
-            tapes.append(tape)
-        return h, tapes
-    y = layer.apply(params, x, key=key, train=train)
-    return y, (x, y)
-
-
-def backward_trace(layer: Layer, params, tape, dy: Array, *, key=None, train: bool = False):
-    """The reverse sweep over a tape from :func:`forward_trace`.
-
-    Returns:
-        ``(dparams, dx)``: ``dparams`` in the structure of ``params``; ``dx`` shaped like the
-        layer's input.
-    """
-    if layer.children:
-        n = len(layer.children)
-        grads: list[Any] = [None] * n
-        for i in reversed(range(n)):
-            grads[i], dy = backward_trace(
-                layer.children[i], params[i], tape[i], dy, key=_child_key(key, i), train=train
-            )
-        return grads, dy
-    x, y = tape
-    return layer.backward(params, x, y, dy, key=key, train=train)
-
-
-def serial(*layers: Layer) -> Layer:
-    """Compose layers in order; the result is itself a :class:`~fnn.layers.Layer`.
-
-    Params are a list with one entry per layer. Layer ``i`` gets the key
-    ``jax.random.fold_in(key, i)`` in both the forward and the backward pass.
-
-    Backward: ``dx_i = backward_i(dx_{i+1})`` from the last layer to the first (the chain
-    rule); it re-runs the forward to recover the intermediate values, which
-    :mod:`fnn.backprop` avoids by keeping them from the forward it already ran.
-    """
-    layers = tuple(lyr.layer if isinstance(lyr, Model) else lyr for lyr in layers)
-    for i, lyr in enumerate(layers):
-        if not isinstance(lyr, Layer):
-            raise TypeError(f"serial: argument {i} must be a Layer, got {type(lyr).__name__}")
-    name = "serial(" + ", ".join(lyr.name for lyr in layers) + ")"
-
-    def init(key, in_shape, dtype=jnp.float32):
-        params = []
-        shape = tuple(in_shape)
-        for i, lyr in enumerate(layers):
-            shape, p = lyr.init(jax.random.fold_in(key, i), shape, dtype)
-            params.append(p)
-        return shape, params
-
-    def apply(params, x, *, key=None, train=False):
-        h = x
-        for i, (lyr, p) in enumerate(zip(layers, params, strict=True)):
-            h = lyr.apply(p, h, key=_child_key(key, i), train=train)
-        return h
-
-    layer = None
-
-    def backward(params, x, y, dy, *, key=None, train=False):
-        del y
-        _, tape = forward_trace(layer, params, x, key=key, train=train)
-        return backward_trace(layer, params, tape, dy, key=key, train=train)
-
-    layer = Layer(name, init, apply, backward, children=layers)
-    return layer
+# ---------------------------------------------------------------------------------------------
+# models
 
 
 class Model(NamedTuple):
@@ -127,11 +73,16 @@ class Model(NamedTuple):
         out_shape: feature shape of one output, e.g. ``(10,)``.
         dtype: the dtype of the parameters ``init`` creates.
         init: ``init(key) -> params``.
-        apply: ``apply(params, x, *, key=None, train=False) -> y``, ``x: [batch, *in_shape]``;
-            checks ``x`` and the structure and shapes of ``params`` at trace time.
-        backward: the layer's ``backward(params, x, y, dy, *, key=None, train=False)``.
+        apply: ``apply(params, x, *, key=None, train=False, state=None) -> y``,
+            ``x: [batch, *in_shape]``; checks ``x`` and the structure and shapes of ``params``
+            at trace time. ``state`` defaults to :attr:`init_state`'s (stateful models only).
+        forward: the layer's ``forward(params, x, *, key=None, train=False, state=None)
+            -> (y, res)``, with the same checks as ``apply``.
+        backward: the layer's ``backward(params, res, dy) -> (dparams, dx)``.
         name: the layer's name.
         params_spec: the ``jax.ShapeDtypeStruct`` tree that ``init`` returns.
+        init_state: ``init_state() -> state``, ``{}`` for a stateless model.
+        stateful: whether the model has state (batch norm's running statistics).
     """
 
     layer: Layer
@@ -140,70 +91,83 @@ class Model(NamedTuple):
     dtype: Any
     init: Callable
     apply: Callable
+    forward: Callable
     backward: Callable
     name: str
     params_spec: Any
+    init_state: Callable
+    stateful: bool
 
 
-def _describe(tree) -> str:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    if not leaves:
-        return "no arrays"
-    return ", ".join(f"{jax.tree_util.keystr(p)}: {tuple(jnp.shape(v))}" for p, v in leaves)
+def describe(tree) -> str:
+    """A params tree as its structure with shapes: ``[{'w': (64, 256), 'b': (256,)}, {}]``."""
+    if isinstance(tree, dict):
+        return "{" + ", ".join(f"{k!r}: {describe(v)}" for k, v in tree.items()) + "}"
+    if isinstance(tree, (list, tuple)):
+        inner = ", ".join(describe(v) for v in tree)
+        return f"[{inner}]" if isinstance(tree, list) else f"({inner})"
+    if hasattr(tree, "shape"):
+        return str(tuple(jnp.shape(tree)))
+    return type(tree).__name__
+
+
+def _params_mismatch(want, got, path: str, where: str):
+    """The first place where ``got`` does not fit ``want``, as an exception, or ``None``."""
+    if isinstance(want, list) and isinstance(got, (list, tuple)) and len(want) == len(got):
+        for i, (w, g) in enumerate(zip(want, got, strict=True)):
+            err = _params_mismatch(w, g, f"{path}[{i}]", where)
+            if err is not None:
+                return err
+        return None
+    if jax.tree.structure(want) != jax.tree.structure(got):
+        return ValueError(f"params{path}{where}: expected {describe(want)}, got {describe(got)}")
+    for (p, w), g in zip(
+        jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(got), strict=True
+    ):
+        leaf = f"params{path}{jax.tree_util.keystr(p)}{where}"
+        if tuple(jnp.shape(g)) != tuple(w.shape):
+            return ValueError(f"{leaf}: expected shape {tuple(w.shape)}, got {tuple(jnp.shape(g))}")
+        if not jnp.issubdtype(jnp.result_type(g), jnp.floating):
+            return TypeError(f"{leaf}: expected a floating dtype, got {jnp.result_type(g)}")
+    return None
 
 
 def check_params(model: Model, params) -> None:
-    """Raise ``ValueError`` naming the first layer whose params do not fit ``model``.
+    """Raise ``ValueError`` naming the first sub-layer whose params do not fit ``model``.
 
-    Compares tree structure, shapes and dtypes (at trace time; no cost inside ``jit``).
+    Compares tree structure, shapes and dtypes (at trace time; no cost inside ``jit``); the
+    message shows the expected structure, e.g. ``[{'w': (64, 256), 'b': (256,)}, {}, ...]``.
     """
-    expected = model.params_spec
-    layers = model.layer.children or (model.layer,)
-    if model.layer.children:
-        if not isinstance(params, (list, tuple)) or len(params) != len(layers):
-            got = (
-                f"{type(params).__name__} of length {len(params)}"
-                if isinstance(params, (list, tuple))
-                else type(params).__name__
-            )
-            raise ValueError(
-                f"params: expected a list with one entry per layer ({len(layers)}: "
-                f"{', '.join(lyr.name for lyr in layers)}), got {got}"
-            )
-        pairs = list(zip(expected, params, strict=True))
-    else:
-        pairs = [(expected, params)]
-    for i, (want, got) in enumerate(pairs):
-        lname = layers[i].name
-        try:
-            want_def = jax.tree_util.tree_structure(want)
-            got_def = jax.tree_util.tree_structure(got)
-        except Exception:  # pragma: no cover - exotic leaves
-            got_def = None
-        if want_def != got_def:
-            raise ValueError(
-                f"params[{i}] (layer {i}, {lname}): expected {_describe(want)}, "
-                f"got {_describe(got)}"
-            )
-        for (path, w), g in zip(
-            jax.tree_util.tree_flatten_with_path(want)[0],
-            jax.tree_util.tree_leaves(got),
-            strict=True,
-        ):
-            if tuple(jnp.shape(g)) != tuple(w.shape):
-                raise ValueError(
-                    f"params[{i}]{jax.tree_util.keystr(path)} (layer {i}, {lname}): expected "
-                    f"shape {tuple(w.shape)}, got {tuple(jnp.shape(g))}"
-                )
-            if not jnp.issubdtype(jnp.result_type(g), jnp.floating):
-                raise TypeError(
-                    f"params[{i}]{jax.tree_util.keystr(path)} (layer {i}, {lname}): expected "
-                    f"a floating dtype, got {jnp.result_type(g)}"
-                )
+    want = model.params_spec
+    if isinstance(want, list) and (
+        not isinstance(params, (list, tuple)) or len(params) != len(want)
+    ):
+        names = ", ".join(lyr.name for _, lyr in model.layer.parts)
+        got = (
+            f"{type(params).__name__} of length {len(params)}: {describe(params)}"
+            if isinstance(params, (list, tuple))
+            else describe(params)
+        )
+        raise ValueError(
+            f"params: expected a list with one entry per layer ({len(want)}: {names}), "
+            f"got {got}; expected {describe(want)}"
+        )
+    subs = sublayers(model.layer)
+    err = _params_mismatch(want, params, "", "")
+    if err is None:
+        return
+    # Name the layer: the longest sub-layer path that prefixes the failing leaf's path.
+    text = str(err)
+    path = text[len("params") : text.index(":")]
+    owner = max((p for p in subs if path.startswith(p)), key=len)
+    label = owner[1:-1] if owner.count("[") == 1 else owner or "model"
+    where = f" (layer {label}, {subs[owner].name})"
+    raise type(err)(text.replace(":", where + ":", 1)) from None
 
 
 def check_input(model: Model, x) -> None:
     """Raise a clear error when ``x`` is not ``[batch, *model.in_shape]`` floats."""
+    first = model.layer.parts[0][1].name if model.layer.parts else model.layer.name
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise TypeError(
             f"x: expected a floating dtype, got {jnp.result_type(x)}; "
@@ -213,7 +177,7 @@ def check_input(model: Model, x) -> None:
     if len(shape) != 1 + len(model.in_shape) or shape[1:] != tuple(model.in_shape):
         raise ValueError(
             f"x: expected shape [batch, {', '.join(map(str, model.in_shape))}] for layer 0 "
-            f"({(model.layer.children or (model.layer,))[0].name}), got {shape}"
+            f"({first}), got {shape}"
         )
 
 
@@ -226,46 +190,65 @@ def build(layer: Layer, in_shape: Sequence[int], dtype=jnp.float32) -> Model:
         dtype: parameter dtype for ``init`` (``jnp.float32`` by default; use ``jnp.float64``
             for gradient checks, with x64 enabled).
     """
+    layer = as_layer(layer, "build: layer")
     in_shape = tuple(int(s) for s in in_shape)
-    shapes = []
-
-    def _init(k):
-        out, p = layer.init(k, in_shape, dtype)
-        shapes.append(tuple(out))
-        return p
-
-    spec = jax.eval_shape(_init, jax.random.key(0))
-    out_shape = shapes[0]
+    out_shape = _layers.out_shape(layer, in_shape, dtype)
+    spec = jax.eval_shape(lambda k: layer.init(k, in_shape, dtype)[1], jax.random.key(0))
     model: Model | None = None
 
     def init(key):
         return layer.init(key, in_shape, dtype)[1]
 
-    def apply(params, x, *, key=None, train=False):
+    def init_state():
+        return init_state_of(layer, in_shape, dtype)
+
+    def forward(params, x, *, key=None, train=False, state=None):
         check_input(model, x)
         check_params(model, params)
-        return layer.apply(params, x, key=key, train=train)
+        if state is None and layer.init_state is not None:
+            state = init_state()
+        return layer.forward(params, x, key=key, train=train, state=state)
 
-    model = Model(layer, in_shape, out_shape, dtype, init, apply, layer.backward, layer.name, spec)
+    def apply(params, x, *, key=None, train=False, state=None):
+        return forward(params, x, key=key, train=train, state=state)[0]
+
+    model = Model(
+        layer,
+        in_shape,
+        out_shape,
+        dtype,
+        init,
+        apply,
+        forward,
+        layer.backward,
+        layer.name,
+        spec,
+        init_state,
+        layer.init_state is not None,
+    )
     return model
 
 
 def mlp(
     sizes: Sequence[int],
-    activation: str | _act.Activation = "relu",
+    activation="relu",
     *,
     dropout: float = 0.0,
     w_init: Callable | None = None,
+    b_init: Callable | None = None,
     dtype=jnp.float32,
 ) -> Model:
     """A multi-layer perceptron: ``dense, activation, [dropout], ..., dense`` (logits out).
 
     Args:
         sizes: ``[in_features, hidden_1, ..., out_features]``, at least two positive ints.
-        activation: hidden activation name (any of :data:`fnn.activations.NAMES`) or record.
+        activation: hidden activation name (any of :data:`fnn.activations.NAMES`) or record
+            (e.g. from :func:`fnn.activations.define`).
         dropout: dropout rate after each hidden activation (0 for none).
-        w_init: weight initialiser; default :func:`fnn.layers.default_w_init` for
-            ``activation`` (He for the ReLU family, Glorot otherwise).
+        w_init: weight initialiser, a ``jax.nn.initializers``-style ``(key, shape, dtype)``
+            function; default :func:`fnn.layers.default_w_init` for ``activation`` (He for
+            the ReLU family, Glorot otherwise; Glorot for the output layer).
+        b_init: bias initialiser of the same kind; default zeros.
         dtype: parameter dtype.
 
     Returns:
@@ -275,6 +258,13 @@ def mlp(
     Raises:
         ValueError: for fewer than two sizes, a size that is not a positive int, or an unknown
             activation (the message lists the valid names).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> small = jax.nn.initializers.normal(0.1)
+        >>> model = fnn.mlp([4, 8, 2], activation="tanh", w_init=small)
+        >>> [fnn.models.describe(p) for p in model.init(jax.random.key(0))]
+        ["{'w': (4, 8), 'b': (8,)}", '{}', "{'w': (8, 2), 'b': (2,)}"]
     """
     sizes = list(sizes) if not isinstance(sizes, (str, bytes)) else sizes
     if isinstance(sizes, (str, bytes)) or len(sizes) < 2:
@@ -285,17 +275,20 @@ def mlp(
     for i, s in enumerate(sizes):
         if not isinstance(s, int) or isinstance(s, bool) or s < 1:
             raise ValueError(f"sizes[{i}]: expected a positive int, got {s!r} in {sizes!r}")
+    for arg, fn in (("w_init", w_init), ("b_init", b_init)):
+        if fn is not None and not callable(fn):
+            raise TypeError(
+                f"{arg}: expected a jax.nn.initializers-style function (key, shape, dtype), "
+                f"got {type(fn).__name__}"
+            )
     act = _act.get(activation)
-    init_fn = w_init or _layers.default_w_init(act.name)
+    hidden_init = w_init or _layers.default_w_init(act)
+    # The output layer produces logits; Glorot suits it whatever the hidden activation.
+    out_init = w_init or _layers.default_w_init("identity")
     stack: list[Layer] = []
     for i, n in enumerate(sizes[1:]):
         last = i == len(sizes) - 2
-        # The output layer produces logits; Glorot suits it whatever the hidden activation.
-        stack.append(
-            _layers.dense(
-                n, w_init=w_init or (_layers.default_w_init("identity") if last else init_fn)
-            )
-        )
+        stack.append(_layers.dense(n, w_init=out_init if last else hidden_init, b_init=b_init))
         if not last:
             stack.append(_layers.activation(act))
             if dropout:

@@ -18,15 +18,67 @@ from fnn.compare import (
     BANDS,
     ModelRow,
     Row,
+    add_row,
     compare_leaf,
     default_tolerances,
     diagnose,
     fmt_num,
+    make_table,
     render_table,
     witness_row_dict,
     witness_table,
 )
 from fnn.fd import FD_TOLERANCES
+
+
+class LayerFinding(NamedTuple):
+    """One sub-layer's backward checked alone, at its real input (:func:`fnn.check.locate`).
+
+    Attributes:
+        path: the sub-layer's path (``""`` the whole layer, ``"[2]"``, ``"[1][0]"``), or
+            ``"loss"`` for a model's loss gradient.
+        name: the layer's name (``"dense(4)"``, ``"relu"``).
+        rule: ``"manual"`` or ``"autodiff"`` (``fnn.layers.custom`` without a backward).
+        ok: its backward agrees with ``jax.vjp`` of its forward.
+        max_rel_err: the worst relative error of its ``dparams`` and ``dx``.
+        failed: its wrong outputs (``"params['w']"``, ``"x"``).
+        culprit: it is wrong while every layer inside it is right: the bug is here.
+    """
+
+    path: str
+    name: str
+    rule: str
+    ok: bool
+    max_rel_err: float
+    failed: tuple[str, ...]
+    culprit: bool = False
+
+    def describe(self) -> str:
+        """``"layer [2] dense(4): params['w'] wrong"``, in words."""
+        where = "the loss gradient" if self.path == "loss" else f"layer {self.path or '(top)'}"
+        what = ", ".join(self.failed) or "output"
+        return f"{where} {self.name}: backward wrong in {what}"
+
+
+def culprit_line(findings) -> str:
+    """The verdict's sentence naming the culprits in backward-sweep order, or ``""``."""
+    bad = [f for f in findings if f.culprit]
+    if not bad:
+        return ""
+    return "first wrong backward (in sweep order): " + "; ".join(f.describe() for f in bad)
+
+
+def layer_table(findings):
+    """The per-layer table of a localisation."""
+    table = make_table(
+        "each layer's backward alone at its real input, vs jax.vjp of its forward",
+        ["layer", "name", "rule", "max rel err", "result"],
+    )
+    for f in findings:
+        result = "ok" if f.ok else ("FAIL (the bug is here)" if f.culprit else "FAIL (inside)")
+        rule = "autodiff rule" if f.rule == "autodiff" else f.rule
+        add_row(table, f.path or "(top)", f.name, rule, fmt_num(f.max_rel_err), result)
+    return table
 
 
 class RuleReport(NamedTuple):
@@ -43,6 +95,8 @@ class RuleReport(NamedTuple):
         samples: how many random cotangents (tangents) were drawn.
         transforms: ``((name, verdict), ...)`` for ``grad``, ``vmap(grad)``, ``jvp``.
         note: anything else worth knowing (a witness that could not be asked, and why).
+        layers: for a composite layer, every sub-layer checked alone
+            (:class:`LayerFinding`), culprits marked; empty otherwise.
     """
 
     rows: tuple[ModelRow, ...]
@@ -53,11 +107,13 @@ class RuleReport(NamedTuple):
     samples: int
     transforms: tuple[tuple[str, str], ...] = ()
     note: str = ""
+    layers: tuple[LayerFinding, ...] = ()
 
     @property
     def ok(self) -> bool:
-        """Whether the rule agrees with autodiff and finite differences on every leaf."""
-        return all(r.ok for r in self.rows)
+        """Whether the rule agrees with autodiff and finite differences on every leaf (and
+        every sub-layer's backward with ``jax.vjp`` of its forward)."""
+        return all(r.ok for r in self.rows) and all(f.ok for f in self.layers)
 
     @property
     def failed(self) -> list[str]:
@@ -99,9 +155,11 @@ class RuleReport(NamedTuple):
                 f"{fmt_num(self.max_rel_err)}{fd})"
             )
         bad = [r for r in self.rows if not r.ok]
-        return f"FAIL: {len(bad)} of {len(self.rows)} leaves disagree: " + "; ".join(
+        text = f"FAIL: {len(bad)} of {len(self.rows)} leaves disagree: " + "; ".join(
             f"{r.path}: {r.diagnosis}" for r in bad
         )
+        where = culprit_line(self.layers)
+        return f"{text}\n{where}" if where else text
 
     @property
     def _direction(self) -> str:
@@ -124,6 +182,7 @@ class RuleReport(NamedTuple):
             "transforms": dict(self.transforms),
             "note": self.note,
             "leaves": [witness_row_dict(r) for r in self.rows],
+            "layers": [f._asdict() for f in self.layers],
         }
 
     def __str__(self) -> str:
@@ -142,7 +201,10 @@ class RuleReport(NamedTuple):
             )
         if self.note:
             lines.append(self.note)
-        return render_table(table, "\n".join(lines) + f"\n{BANDS}")
+        text = render_table(table, "\n".join(lines) + f"\n{BANDS}")
+        if self.layers:
+            text += "\n" + render_table(layer_table(self.layers), "")
+        return text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,28 +27,46 @@ class AutodiffForbidden(Exception):
 
 
 def no_autodiff(layer):
-    """The layer with its apply wrapped in a custom_vjp whose backward raises."""
-    if layer.children:
-        return models.serial(*[no_autodiff(c) for c in layer.children])
+    """The layer with every leaf's forward wrapped in a custom_vjp whose backward raises."""
+    if layer.parts:
+        kids = [no_autodiff(c) for _, c in layer.parts]
+        if layer.name.startswith("residual"):
+            return models.residual(*kids)
+        if layer.name.startswith("parallel[sum]"):
+            return models.parallel(*kids, combine="sum")
+        if layer.name.startswith("parallel"):
+            return models.parallel(*kids)
+        return models.serial(*kids)
 
-    def apply(params, x, *, key=None, train=False):
+    def forward(params, x, *, key=None, train=False, state=None):
+        y, res = layer.forward(params, x, key=key, train=train, state=state)
+
         @jax.custom_vjp
         def f(p, xx):
-            return layer.apply(p, xx, key=key, train=train)
+            return layer.forward(p, xx, key=key, train=train, state=state)[0]
 
-        def bwd(res, dy):
+        def bwd(_, dy):
             raise AutodiffForbidden(f"autodiff reached {layer.name}")
 
         f.defvjp(lambda p, xx: (f(p, xx), None), bwd)
-        return f(params, x)
+        return f(params, x), res
 
-    return layer._replace(apply=apply)
+    return layer._replace(forward=forward)
 
 
 def test_manual_sweep_uses_no_autodiff():
     inner = models.serial(layers.dense(5), layers.activation("tanh"))
+    block = models.parallel(
+        models.residual(layers.dense(5), layers.activation("relu")),
+        [layers.dense(2), layers.activation("sigmoid")],
+    )
     net = models.serial(
-        inner, layers.dropout(0.3), layers.dense(4), layers.activation("relu"), layers.dense(3)
+        inner,
+        block,
+        layers.dropout(0.3),
+        layers.dense(4),
+        layers.activation("relu"),
+        layers.dense(3),
     )
     plain = models.build(net, (4,), F64)
     guarded = models.build(no_autodiff(net), (4,), F64)
@@ -104,7 +122,7 @@ def test_bridge_grad_equals_plain_grad_and_runs_the_manual_rules():
     # A wrong backward rule shows through the bridge, so jax.grad really runs the manual rule.
     dense = layers.dense(3)
     bad = dense._replace(
-        backward=lambda p, xx, yy, dy, **kw: (
+        backward=lambda p, xx, dy: (
             {"w": -(xx.T @ dy), "b": jnp.sum(dy, axis=0)},
             dy @ p["w"].T,
         )

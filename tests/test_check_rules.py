@@ -336,7 +336,7 @@ def test_numerical_jvp_along_tangents():
 
 
 def test_rows_name_nested_arguments():
-    names = [n for n, _ in check_rules.leaf_paths(({"a": [1.0, 2.0]}, 3.0), [0, 1])]
+    names = [n for n, _ in check_rules.leaf_paths(({"a": [1.0, 2.0]}, 3.0), ["arg0", "arg1"])]
     assert names == ["arg0['a'][0]", "arg0['a'][1]", "arg1"]
 
 

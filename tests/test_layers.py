@@ -19,19 +19,24 @@ def assert_backward_matches_vjp(layer, in_shape, batch=5, key=None, train=False,
     k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
     out_shape, params = layer.init(k1, in_shape, jnp.float64)
     x = jax.random.normal(k2, (batch, *in_shape), jnp.float64)
-    if layer.activation is not None:  # keep random inputs off kinks
-        for kink in layer.activation.kinks:
+    act = layers.info(layer, "activation")
+    if act is not None:  # keep random inputs off kinks
+        for kink in act.kinks:
             x = jnp.where(jnp.abs(x - kink) < 1e-3, x + 0.01, x)
     dy = jax.random.normal(k3, (batch, *out_shape), jnp.float64)
 
     def fwd(p, xx):
-        return layer.apply(p, xx, key=key, train=train)
+        return layers.apply(layer, p, xx, key=key, train=train)
 
     y, pullback = jax.vjp(fwd, params, x)
     assert y.shape == (batch, *out_shape)
     want_dp, want_dx = pullback(dy)
-    backward = jax.jit(layer.backward, static_argnames="train") if jit else layer.backward
-    got_dp, got_dx = backward(params, x, y, dy, key=key, train=train)
+
+    def manual(p, xx, d):
+        _, res = layer.forward(p, xx, key=key, train=train)
+        return layer.backward(p, res, d)
+
+    got_dp, got_dx = (jax.jit(manual) if jit else manual)(params, x, dy)
     assert jax.tree.structure(got_dp) == jax.tree.structure(params)
     assert rel_err(got_dx, want_dx) <= 1e-10
     for g, w in zip(jax.tree.leaves(got_dp), jax.tree.leaves(want_dp), strict=True):
@@ -56,6 +61,40 @@ def test_dense_any_shape(fan_in, fan_out, batch):
     assert_backward_matches_vjp(layers.dense(fan_out), (fan_in,), batch=batch)
 
 
+@settings(max_examples=10, deadline=None)
+@given(lead=st.lists(st.integers(1, 4), min_size=1, max_size=2), fan_out=st.integers(1, 5))
+def test_dense_on_the_last_axis_of_sequences(lead, fan_out):
+    # [batch, seq, features] -> [batch, seq, fan_out]: the weights are shared along seq.
+    assert_backward_matches_vjp(layers.dense(fan_out), (*lead, 3), batch=2)
+
+
+def test_custom_layer_with_and_without_backward():
+    def apply(p, x):
+        return jnp.sin(x) * p["a"][None, :]
+
+    def init(key, in_shape, dtype):
+        return tuple(in_shape), {"a": jnp.full(in_shape, 1.5, dtype)}
+
+    def backward(p, x, y, dy):
+        return {"a": jnp.sum(jnp.sin(x) * dy, axis=0)}, jnp.cos(x) * p["a"][None, :] * dy
+
+    manual = layers.custom(apply, init=init, backward=backward, name="sine")
+    auto = layers.custom(apply, init=init)
+    assert manual.rule == "manual" and auto.rule == "autodiff"
+    assert manual.name == "sine" and auto.name == "apply"
+    assert_backward_matches_vjp(manual, (3,))
+    assert_backward_matches_vjp(auto, (3,), jit=True)
+
+
+def test_custom_layer_default_init_infers_the_output_shape():
+    pool = layers.custom(lambda p, x: x.reshape(x.shape[0], -1, 2).sum(-1))
+    assert pool.init(jax.random.key(0), (6,), jnp.float32) == ((3,), {})
+    with pytest.raises(TypeError, match="custom: apply must be callable, got int"):
+        layers.custom(3)
+    with pytest.raises(TypeError, match="custom: backward must be callable or None, got str"):
+        layers.custom(jnp.sin, backward="grad")
+
+
 def test_flatten():
     assert_backward_matches_vjp(layers.flatten(), (2, 3, 2))
 
@@ -69,13 +108,13 @@ def test_dropout_backward_uses_the_same_mask(train):
 def test_dropout_statistics_and_eval_identity():
     layer = layers.dropout(0.25)
     x = jnp.ones((200, 100), jnp.float64)
-    y = layer.apply({}, x, key=jax.random.key(0), train=True)
+    y = layers.apply(layer, {}, x, key=jax.random.key(0), train=True)
     dropped = float(jnp.mean(y == 0))
     assert 0.22 < dropped < 0.28  # rate is the probability of dropping
     assert float(jnp.mean(y)) == pytest.approx(1.0, abs=0.03)  # inverted scaling
-    np.testing.assert_array_equal(layer.apply({}, x, train=False), x)
+    np.testing.assert_array_equal(layers.apply(layer, {}, x, train=False), x)
     with pytest.raises(ValueError, match="needs a key"):
-        layer.apply({}, x, train=True)
+        layers.apply(layer, {}, x, train=True)
     with pytest.raises(ValueError, match=r"rate must be in \[0, 1\), got 1.0"):
         layers.dropout(1.0)
 
@@ -93,14 +132,14 @@ def test_dense_bad_input():
     lin = layers.dense(3)
     _, p = lin.init(jax.random.key(0), (4,), jnp.float64)
     with pytest.raises(
-        ValueError, match=r"dense\(3\): input x must have shape \[batch, 4\], got \(2, 5\)"
+        ValueError, match=r"dense\(3\): input x must have shape \[batch, \.\.\., 4\], got \(2, 5\)"
     ):
-        lin.apply(p, jnp.zeros((2, 5)))
-    with pytest.raises(ValueError, match=r"shape \[batch, 4\], got \(4,\)"):
-        lin.apply(p, jnp.zeros((4,)))
+        layers.apply(lin, p, jnp.zeros((2, 5)))
+    with pytest.raises(ValueError, match=r"shape \[batch, \.\.\., 4\], got \(4,\)"):
+        layers.apply(lin, p, jnp.zeros((4,)))
     with pytest.raises(TypeError, match=r"floating dtype, got int32"):
-        lin.apply(p, jnp.zeros((2, 4), jnp.int32))
+        layers.apply(lin, p, jnp.zeros((2, 4), jnp.int32))
     with pytest.raises(ValueError, match=r"fan_out must be a positive int, got 0"):
         layers.dense(0)
-    with pytest.raises(ValueError, match=r"flat inputs.*\(2, 2\).*flatten"):
-        lin.init(jax.random.key(0), (2, 2), jnp.float32)
+    with pytest.raises(ValueError, match=r"expects inputs \[batch, \.\.\., fan_in\]"):
+        lin.init(jax.random.key(0), (), jnp.float32)

@@ -41,7 +41,8 @@ def test_serial_nests_and_its_backward_matches_vjp():
     y, pull = jax.vjp(lambda p, xx: model.apply(p, xx, key=key, train=True), params, x)
     dy = jax.random.normal(jax.random.key(4), y.shape, jnp.float64)
     want_p, want_x = pull(dy)
-    got_p, got_x = model.backward(params, x, y, dy, key=key, train=True)
+    _, res = model.forward(params, x, key=key, train=True)
+    got_p, got_x = model.backward(params, res, dy)
     assert rel_err(got_x, want_x) <= 1e-10
     for g, w in zip(jax.tree.leaves(got_p), jax.tree.leaves(want_p), strict=True):
         assert rel_err(g, w) <= 1e-10
@@ -97,5 +98,36 @@ def test_model_checks_input_and_params():
     ):
         model.apply(params[:2], jnp.zeros((2, 4)))
     broken = [params[0], {"w": params[0]["w"]}, params[2]]
-    with pytest.raises(ValueError, match=r"params\[1\] \(layer 1, relu\): expected no arrays"):
+    with pytest.raises(ValueError, match=r"params\[1\] \(layer 1, relu\): expected \{\}"):
         model.apply(broken, jnp.zeros((2, 4)))
+
+
+def test_params_error_shows_the_expected_structure():
+    # The port of JAX's mnist_classifier_fromscratch passes [(w, b), ...]: the message must
+    # show what an entry is instead.
+    model = fnn.mlp([4, 8, 3], activation="tanh", dtype=jnp.float64)
+    params = model.init(jax.random.key(0))
+    pairs = [(p["w"], p["b"]) for p in params if p]
+    with pytest.raises(ValueError) as err:
+        model.apply(pairs, jnp.zeros((2, 4)))
+    msg = str(err.value)
+    assert "[{'b': (8,), 'w': (4, 8)}, {}, {'b': (3,), 'w': (8, 3)}]" in msg
+    assert "got list of length 2: [((4, 8), (8,)), ((8, 3), (3,))]" in msg
+
+
+def test_mlp_takes_initialisers_and_activation_records():
+    w_init = jax.nn.initializers.normal(0.1)
+    b_init = jax.nn.initializers.constant(0.5)
+    model = fnn.mlp(
+        [50, 60, 3],
+        activation=fnn.activations.get("tanh"),
+        w_init=w_init,
+        b_init=b_init,
+        dtype=jnp.float64,
+    )
+    params = model.init(jax.random.key(0))
+    assert float(jnp.std(params[0]["w"])) == pytest.approx(0.1, rel=0.05)
+    np.testing.assert_array_equal(params[2]["b"], np.full(3, 0.5))
+    assert models.sublayers(model)["[1]"].name == "tanh"
+    with pytest.raises(TypeError, match=r"w_init: expected a jax.nn.initializers-style"):
+        fnn.mlp([2, 2], w_init="normal")
