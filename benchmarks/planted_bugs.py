@@ -99,6 +99,14 @@ def mlp_vjp(x, w1, w2, g, mask=True):
     return dz @ w1.T, x.T @ dz, jax.nn.relu(z).T @ g
 
 
+WIDE = ((16, 8), (8, 32), (32, 4))  # 512 relu pre-activations
+
+
+def mlp_off(cts):
+    dx, dw1, dw2 = cts
+    return dx, off(dw1), dw2
+
+
 def dense(x, w, b):
     return x @ w + b[None, :]
 
@@ -227,6 +235,7 @@ CORRECT = [
     Case("max pool", "correct", "kink", pool, pool_vjp, (X,)),
     Case("hinge", "correct", "kink", hinge, hinge_vjp, (X, X)),
     Case("relu mlp", "correct", "kink", mlp, mlp_vjp, (X, (4, 6), (6, 2))),
+    Case("wide relu mlp", "correct", "kink", mlp, mlp_vjp, WIDE),
 ]
 
 BUGS = [
@@ -426,6 +435,14 @@ BUGS = [
         (X, (4, 6), (6, 2)),
     ),
     Case(
+        "wide relu mlp",
+        "bug",
+        "one element of dW1 off by 1e-4",
+        mlp,
+        lambda x, w1, w2, g: mlp_off(mlp_vjp(x, w1, w2, g)),
+        WIDE,
+    ),
+    Case(
         "tanh",
         "bug",
         "all elements off by 1e-4",
@@ -565,8 +582,11 @@ def main(argv=None) -> int:
     torch_flags = torch_gradcheck()
     if torch_flags is None:
         print("torch not importable: the gradcheck column is left out", file=sys.stderr)
+    cpu = time.process_time()
     rows = run(seeds=args.seeds, progress=not args.quiet, torch_flags=torch_flags)
     totals = summary(rows)
+    totals["cpu_seconds"] = time.process_time() - cpu
+    print(f"CPU time: {totals['cpu_seconds']:.0f} s", file=sys.stderr)
     print(markdown(rows, totals))
     if args.json:
         with open(args.json, "w") as fh:
