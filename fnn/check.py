@@ -1,35 +1,26 @@
-"""Gradient verification: leaf-by-leaf comparison, finite differences, the three-way check.
+"""Gradient verification: one namespace for every check fnn offers.
 
-Three witnesses can give the gradient of a model's loss: the hand-written reverse sweep
-(:func:`fnn.backprop.value_and_grad`), ``jax.grad`` of the forward, and central finite
-differences. :func:`check_model` asks all three and says, leaf by leaf and by pytree path
-(``jax.tree_util.keystr``, e.g. ``[2]['w']``), who disagrees with whom and by how much.
+Three witnesses can give a gradient: the hand-written rule, JAX's autodiff, and central finite
+differences. Each check here asks all three and says, leaf by leaf and by pytree path, who
+disagrees with whom and by how much:
 
-Errors. For elements ``a`` and ``b`` the absolute error is ``|a - b|`` and the relative error
-``|a - b| / max(|a| + |b|, tiny)``; the latter lies in ``[0, 1]``: 1 means opposite signs or
-one side zero, ``1/3`` a factor of 2. An element passes when ``abs <= atol`` **or**
-``rel <= rtol``: the relative test judges ordinary elements, the absolute one elements near 0,
-whose true value is swamped by round-off so that their relative error means nothing. A leaf's
-"worst index" is the element that most exceeds its tolerance, ``min(abs/atol, rel/rtol)``;
-its "max rel err" leaves out passing elements near zero (``|a| + |b| < atol / rtol``, where
-the absolute test decides), for the same reason.
-
-Default tolerances (:data:`TOLERANCES`), for two analytic gradients in the less precise dtype
-of the pair. Two correct computations differ only by rounding, which accumulates through the
-sums of a forward and backward pass: a few hundred units of round-off ``u`` at most for small
-MLPs (``u`` = 1.1e-16 in float64, 6e-8 in float32), more where terms cancel. float64 takes
-``rtol = 1e-7``: ~1e9 ``u`` of head-room for correct code, and still 500 times below the
-smallest classic bug (one element 1e-4 off, a relative error of 5e-5). float32 takes
-``rtol = 1e-3`` (~1.7e4 ``u``), because cancellation in float32 sums easily leaves 1e-4.
-The default ``atol`` follows the gradient's units: a fraction of the leaf's largest magnitude
-(1e-12 in float64, 1e-4 in float32), not a fixed number, since a batch-mean loss over 512
-examples has gradients 100 times smaller than over 5, and a fixed ``atol`` would then hide
-bugs. Correct code measured about 2e-6 of the leaf scale in float32 (softmax hidden layers).
+- :func:`check_model`: a model's hand-written reverse sweep and its loss
+  (:func:`fnn.backprop.value_and_grad`) against ``jax.grad`` and finite differences; when a
+  leaf fails, every layer's backward is also checked alone at its real input and the layer
+  where the bug is is named (:func:`fnn.check_layers.locate`).
+- :func:`check_layer`: one layer alone (:mod:`fnn.check_layers`).
+- :func:`check_vjp`, :func:`check_custom_vjp`, :func:`check_custom_jvp`: any hand-written rule,
+  over several random cotangents (:mod:`fnn.check_rules`).
+- :func:`compare` and :func:`assert_grads_close`: two gradient pytrees side by side
+  (:mod:`fnn.compare`, which documents the errors and the default tolerances).
+- :func:`numerical_grad` (:mod:`fnn.fd`) and :func:`numerical_jacobian` (:mod:`fnn.jacobian`):
+  the finite differences, which flag kinks on their own by comparing left and right slopes.
 
 Kinks. relu and leaky_relu are not differentiable at 0; a finite difference whose ``+-h``
 step carries a pre-activation across 0 averages two slopes and would look like a bug.
-:func:`check_model` watches every kinked pre-activation (:func:`kink_pattern`) during the
-differences and reports such estimates as kinks, excluded from the verdict.
+:func:`check_model` watches every kinked pre-activation (:func:`kink_pattern`), and every
+finite difference compares its left and right slopes (:func:`fnn.fd.kink_mask`); such
+estimates are reported as kinks and left out of the verdict.
 
 How to read the bands (float64): relative error <= 1e-7 is round-off, the gradients agree;
 1e-7 to 1e-2 is suspicious (look at the worst index: a kink, an element near zero, a small

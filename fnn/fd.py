@@ -1,6 +1,9 @@
 """Central finite differences: the third, autodiff-free witness of a gradient.
 
-:mod:`fnn.check` re-exports everything here. Estimates are compared with the rows of
+Every probe evaluates ``f`` at ``theta +- h v`` and ``theta +- 2h v``: the central difference
+is the estimate, and the two one-sided slopes tell a kink from a slope (:func:`kink_mask`), so
+that non-differentiable points are reported as kinks, not failures, without being declared.
+:mod:`fnn.check` re-exports everything here; estimates are compared with the rows of
 :mod:`fnn.compare`.
 """
 

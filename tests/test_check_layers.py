@@ -210,3 +210,11 @@ def test_check_layer_bad_arguments():
         check.check_layer(lambda x: x, (3,))
     with pytest.raises(ValueError, match="batch must be a positive int, got 0"):
         check.check_layer(layers.dense(2), (3,), batch=0)
+
+
+def test_float32_layer_gets_float32_tolerances_and_float64_differences():
+    report = check.check_layer(
+        models.serial(layers.dense(3), layers.activation("gelu")), (4,), dtype=jnp.float32
+    )
+    assert report.ok and report.dtype == "float32" and report.fd_dtype == "float64", str(report)
+    assert report.rows[0].autodiff.rtol == check.TOLERANCES["float32"][0]
