@@ -150,7 +150,15 @@ def _has_bad_inside(path: str, bad: Sequence[str]) -> bool:
 
 
 def check_layer(
-    layer, in_shape, *, dtype=jnp.float64, key=None, batch: int = 4, train: bool = False, **options
+    layer,
+    in_shape,
+    *,
+    dtype=jnp.float64,
+    key=None,
+    batch: int = 4,
+    train: bool = False,
+    x=None,
+    **options,
 ) -> RuleReport:
     """Check one layer's hand-written backward against ``jax.vjp`` and finite differences.
 
@@ -162,6 +170,8 @@ def check_layer(
         key: PRNG key for the parameters, the input and the cotangents (default key 0).
         batch: the input batch size; more than 1, so that a rule right only for batch 1 fails.
         train: run the forward in training mode (dropout with its key, batch statistics).
+        x: an input ``[batch, *in_shape]`` to check at instead of a random normal one (token
+            ids for an embedding: non-float inputs are held fixed and only ``dparams`` checked).
         **options: as for :func:`fnn.check.check_vjp` (``samples``, ``rtol``, ``fd``, ...).
 
     Returns:
@@ -180,7 +190,7 @@ def check_layer(
     k_init, k_x, k_fwd, k_ct = jax.random.split(key, 4)
     in_shape = tuple(in_shape)
     _, params = layer.init(k_init, in_shape, dtype)
-    x = jax.random.normal(k_x, (batch, *in_shape), dtype)
+    x = jax.random.normal(k_x, (batch, *in_shape), dtype) if x is None else jnp.asarray(x)
     state = init_state_of(layer, in_shape, dtype) or None
     fwd_key = k_fwd if train else None
     options.setdefault("key", k_ct)

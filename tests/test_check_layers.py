@@ -218,3 +218,25 @@ def test_float32_layer_gets_float32_tolerances_and_float64_differences():
     )
     assert report.ok and report.dtype == "float32" and report.fd_dtype == "float64", str(report)
     assert report.rows[0].autodiff.rtol == check.TOLERANCES["float32"][0]
+
+
+def test_integer_inputs_are_held_fixed_and_only_dparams_checked():
+    def lookup(p, ids):
+        return p["table"][ids]
+
+    def backward(p, ids, y, dy):  # rows hit several times accumulate
+        return {"table": jnp.zeros_like(p["table"]).at[ids].add(dy)}, None
+
+    def init(key, shape, dtype):
+        return (*shape, 3), {"table": jax.random.normal(key, (5, 3), dtype)}
+
+    ids = jnp.array([[0], [2], [2], [4]])
+    emb = layers.custom(lookup, init=init, backward=backward, name="lookup")
+    report = check.check_layer(emb, (1,), x=ids, transforms=False)
+    assert report.ok and [r.path for r in report.rows] == ["params['table']"], str(report)
+    wrong = layers.custom(
+        lookup,
+        init=init,
+        backward=lambda p, i, y, dy: ({"table": jnp.zeros_like(p["table"]).at[i].set(dy)}, None),
+    )
+    assert check.check_layer(wrong, (1,), x=ids, transforms=False).failed == ["params['table']"]
