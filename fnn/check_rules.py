@@ -249,7 +249,21 @@ def vjp_report(kind, f_rule, f_plain, primals, names, opts, probed) -> RuleRepor
         out, pullback = f_plain(*primals), None
         notes.append(f"autodiff of the function failed ({first_line(err)}); checked by FD only")
     cts = random_like(opts["key"], out, opts["samples"])
-    manual = [normalise_cotangents(f_rule(ct), len(primals)) for ct in cts]
+    try:
+        manual = [normalise_cotangents(f_rule(ct), len(primals)) for ct in cts]
+    except Exception as err:  # noqa: BLE001  (a rule that raises is a failing rule)
+        raised = f"the rule raised {first_line(err)}"
+        rows = [bad_row(path, want, raised) for path, want in leaf_paths(primals, names)]
+        return RuleReport(
+            tuple(rows),
+            kind,
+            opts["name"] or getattr(probed, "__name__", kind),
+            float_dtype(primals),
+            None,
+            opts["samples"],
+            (),
+            raised,
+        )
     auto = None if pullback is None else [pullback(ct) for ct in cts]
     jac, why = finite_differences(f_plain, primals, opts)
     notes += [why] if why else []

@@ -363,3 +363,10 @@ def test_fixed_public_names_are_in_fnn_check():
         "transform_support",
     ]:
         assert callable(getattr(check, name)) or isinstance(getattr(check, name), dict), name
+
+
+def test_a_custom_vjp_rule_that_raises_is_a_failing_report():
+    f = jax.custom_vjp(lambda x: jnp.sin(x))
+    f.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (jnp.ones(7) * g[0],))  # wrong shape
+    report = check.check_custom_vjp(f, jnp.ones(3, F64), transforms=False)
+    assert report.failed == ["arg0"] and "the rule raised" in report.rows[0].autodiff.note
