@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -64,6 +65,8 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from fnn import files
 
 FORMAT = "fnn-checkpoint"
 VERSION = 1
@@ -189,6 +192,7 @@ def save(directory, tree, *, step: int, metadata=None, keep: int | None = 3) -> 
         prefix=f".ckpt-{int(step):08d}.", suffix=f".{os.getpid()}.tmp", dir=directory
     )
     try:
+        files.output_mode(fd)
         with os.fdopen(fd, "wb") as f:
             np.savez(
                 f,
@@ -199,36 +203,16 @@ def save(directory, tree, *, step: int, metadata=None, keep: int | None = 3) -> 
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            need = len(manifest_bytes) + sum(a.nbytes for a in arrays) + 512 * (len(arrays) + 2)
+            raise files.disk_full(final, need) from None
         raise
-    _fsync_dir(directory)  # make the rename itself durable
+    files.fsync_dir(directory)  # make the rename itself durable
     _prune(directory, keep, final)
     return final
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open a folder; the rename is atomic regardless
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: a live process of another user
-        return True
-    return True
 
 
 def _prune(directory: str, keep: int | None, just_written: str) -> None:
@@ -239,7 +223,7 @@ def _prune(directory: str, keep: int | None, just_written: str) -> None:
                     os.remove(path)
     for name in os.listdir(directory):
         m = _TMP.match(name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        if m and int(m.group(1)) != os.getpid() and not files.pid_alive(int(m.group(1))):
             with contextlib.suppress(OSError):
                 os.remove(os.path.join(directory, name))
 
@@ -305,23 +289,33 @@ def _newest_valid(directory: str):
     for path in reversed(list_checkpoints(directory)):
         try:
             manifest, arrays = _read(path)
+            _check_name(path, manifest)
         except CheckpointError as err:
             skipped.append(str(err))
             continue
         if skipped:
             warnings.warn(
-                f"skipped {len(skipped)} corrupt checkpoint(s), using {path}: "
-                + "; ".join(skipped),
+                f"skipped {len(skipped)} checkpoint(s), using {path}: " + "; ".join(skipped),
                 CheckpointWarning,
                 stacklevel=3,
             )
         return path, manifest, arrays
     if skipped:
         raise CheckpointError(
-            f"{directory}: no valid checkpoint, all {len(skipped)} are "
-            f"corrupt: " + "; ".join(skipped)
+            f"{directory}: no valid checkpoint, all {len(skipped)} were skipped: "
+            + "; ".join(skipped)
         )
     return None
+
+
+def _check_name(path: str, manifest: dict) -> None:
+    """A ``ckpt-<step>.npz`` whose manifest holds another step was renamed: refuse it."""
+    m = _NAME.match(os.path.basename(path))
+    if m and int(m.group(1)) != manifest.get("step"):
+        raise CheckpointError(
+            f"{path}: its name says step {int(m.group(1))} but its manifest says step "
+            f"{manifest.get('step')} (renamed or copied under another name); skipped"
+        )
 
 
 def _open(path_or_directory):
@@ -333,7 +327,9 @@ def _open(path_or_directory):
         return found
     if not os.path.exists(p):
         raise FileNotFoundError(f"checkpoint {p} does not exist")
-    return (p, *_read(p))
+    manifest, arrays = _read(p)
+    _check_name(p, manifest)
+    return p, manifest, arrays
 
 
 def latest(directory) -> str | None:

@@ -332,7 +332,16 @@ def diagnose(ad: Row, fd: Row | None, fd_ad: Row | None) -> str:
     if not ad.ok and fd_ad is not None and fd_ad.ok:
         return "manual backward wrong (jax.grad agrees with finite differences)"
     if not ad.ok and fd.ok:
-        return "jax.grad disagrees (custom_vjp or stop_gradient in the forward?)"
+        # jax.grad is the odd one out. Its likeliest cause: the forward evaluated at a tie or
+        # a kink, where autodiff takes a subgradient (jnp.maximum splits a tie 0.5/0.5,
+        # jax.grad(jnp.abs)(0.0) is 1) that need not add up to the derivative of a function
+        # that is smooth there (BCE written with max(z, 0) and |z| at z = 0 was one).
+        return (
+            "jax.grad is the odd one out (manual and finite differences agree): likely an "
+            "autodiff subgradient at a tie or kink in the forward (maximum/minimum/abs/where "
+            "at equal values, e.g. an input of exactly 0); else a custom_vjp, custom_jvp or "
+            "stop_gradient in the forward"
+        )
     if ad.ok:
         return "manual and jax.grad agree, finite differences do not (forward not smooth?)"
     return "all three disagree"

@@ -25,12 +25,13 @@ Example:
 
 from __future__ import annotations
 
-import gzip
 import inspect
 import os
 from typing import NamedTuple
 
 import numpy as np
+
+from fnn.idx import read_idx
 
 #: Names :func:`load` accepts (MNIST as ``"mnist:PATH"``).
 NAMES = ("xor", "moons", "circles", "spirals", "digits", "mnist:PATH")
@@ -116,6 +117,8 @@ def standardize(x_train, x_test):
         ``[*features]`` that were used.
     """
     x_train, x_test = np.asarray(x_train, np.float64), np.asarray(x_test, np.float64)
+    _check_finite("standardize", "x_train", x_train)
+    _check_finite("standardize", "x_test", x_test)
     if x_train.shape[1:] != x_test.shape[1:] or len(x_train) == 0:
         raise ValueError(
             f"standardize: expected x_train [n>0, *f] and x_test [m, *f] with the same "
@@ -317,79 +320,6 @@ def digits(*, seed: int = 0, test_fraction: float = 0.2, standardize: bool = Tru
     )
 
 
-_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def read_idx(path, *, ndim: int | None = None) -> np.ndarray:
-    """Read one IDX file (the MNIST format), plain or gzip-compressed.
-
-    The header is two zero bytes, a type code (0x08 = unsigned byte, ...), the number of
-    dimensions, then each dimension as a big-endian uint32; the data follow, big-endian,
-    and must fill exactly the size the dimensions promise.
-
-    Args:
-        path: the file; a name ending in ``.gz`` is decompressed.
-        ndim: the number of dimensions expected (3 for images, 1 for labels), or ``None``.
-
-    Returns:
-        The array, in native byte order.
-
-    Raises:
-        ValueError: naming the file and the problem (bad gzip, short or corrupt header,
-            wrong magic number, truncated data, trailing bytes).
-    """
-    path = os.fspath(path)
-    try:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            with open(path, "rb") as f:
-                raw = f.read()
-    except (gzip.BadGzipFile, EOFError, OSError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise ValueError(
-            f"{path}: cannot decompress it ({err}); the .gz file is corrupt or truncated"
-        ) from err
-    if len(raw) < 4:
-        raise ValueError(f"{path}: only {len(raw)} bytes, too short for an IDX header")
-    magic = int.from_bytes(raw[:4], "big")
-    code, dims_n = raw[2], raw[3]
-    want = f"0x0000{_code(ndim)}" if ndim else "0x000008NN"
-    if raw[0] or raw[1] or code not in _IDX_TYPES or (ndim is not None and dims_n != ndim):
-        raise ValueError(
-            f"{path}: wrong magic number 0x{magic:08X}, expected {want} "
-            f"(is this the right IDX file?)"
-        )
-    header = 4 + 4 * dims_n
-    if len(raw) < header:
-        raise ValueError(
-            f"{path}: corrupt header: {dims_n} dimensions need {header} header "
-            f"bytes, the file has {len(raw)}"
-        )
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims_n))
-    dtype = np.dtype(_IDX_TYPES[code])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    found = len(raw) - header
-    shape = "x".join(map(str, dims))
-    if found < expected:
-        raise ValueError(
-            f"{path}: truncated: header promises {shape} = {expected} data "
-            f"bytes, the file holds {found}"
-        )
-    if found > expected:
-        raise ValueError(
-            f"{path}: size mismatch: header promises {shape} = {expected} data "
-            f"bytes, the file holds {found} ({found - expected} extra)"
-        )
-    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
-
-
-def _code(ndim: int) -> str:
-    return f"08{ndim:02X}"
-
-
 _MNIST_FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
@@ -423,6 +353,38 @@ def _check_pair(where: str, x: np.ndarray, y: np.ndarray, xname: str, yname: str
         raise ValueError(f"{where}: {yname} must hold integer labels, got dtype {y.dtype}")
     if len(y) and y.min() < 0:
         raise ValueError(f"{where}: {yname} has a negative label {int(y.min())}")
+
+
+def _few(values, n: int = 10) -> str:
+    values = [int(v) for v in values]
+    return ", ".join(map(str, values[:n])) + (
+        f", ... ({len(values)} in all)" if len(values) > n else ""
+    )
+
+
+def _check_finite(where: str, name: str, x: np.ndarray) -> None:
+    """Refuse images holding NaN or inf, naming the rows (before any transform)."""
+    if x.dtype.kind not in "fc" or not len(x):
+        return
+    rows = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if len(rows):
+        raise ValueError(
+            f"{where}: {len(rows)} of {len(x)} rows of {name} hold NaN or inf (rows "
+            f"{_few(rows)}); remove or repair them"
+        )
+
+
+def _check_label_set(where: str, *ys: np.ndarray) -> None:
+    """Labels must be ``0..K-1`` without gaps: a stray 255 would make a 256-class model."""
+    labels = np.unique(np.concatenate([np.asarray(y).ravel() for y in ys]))
+    k = int(labels.max()) + 1 if len(labels) else 0
+    if len(labels) != k:
+        missing = sorted(set(range(k)) - set(labels.tolist()))
+        raise ValueError(
+            f"{where}: the labels must be 0..K-1 without gaps; found {_few(labels)}, which "
+            f"would make {k} classes with {_few(missing)} never seen; relabel them "
+            f"0..{len(labels) - 1}"
+        )
 
 
 def mnist(path, *, flatten: bool = True, standardize: bool = True) -> Dataset:
@@ -478,6 +440,11 @@ def mnist(path, *, flatten: bool = True, standardize: bool = True) -> Dataset:
         )
     if len(arrays["x_train"]) == 0:
         raise ValueError(f"{path}: the training part is empty (0 images)")
+    for k in ("x_train", "x_test"):  # before scaling: standardising would spread a NaN
+        _check_finite(files[k], k, arrays[k])
+    _check_label_set(
+        f"{files['y_train']} and {files['y_test']}", arrays["y_train"], arrays["y_test"]
+    )
     xs = []
     for k in ("x_train", "x_test"):
         x = arrays[k]

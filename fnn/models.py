@@ -165,13 +165,24 @@ def check_params(model: Model, params) -> None:
     raise type(err)(text.replace(":", where + ":", 1)) from None
 
 
+def takes_int_input(layer) -> bool:
+    """Whether ``layer``'s first leaf takes integer inputs (``info`` ``"int_input"``: an
+    embedding), so that a model starting with it accepts integer ``x``."""
+    layer = layer.layer if isinstance(layer, Model) else layer
+    while layer.parts:
+        layer = layer.parts[0][1]
+    return bool(_layers.info(layer, "int_input", False))
+
+
 def check_input(model: Model, x) -> None:
-    """Raise a clear error when ``x`` is not ``[batch, *model.in_shape]`` floats."""
+    """Raise a clear error when ``x`` is not ``[batch, *model.in_shape]`` floats (or integers,
+    for a model that starts with an embedding: see :func:`takes_int_input`)."""
     first = model.layer.parts[0][1].name if model.layer.parts else model.layer.name
-    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+    kind = jnp.result_type(x)
+    ints_ok = jnp.issubdtype(kind, jnp.integer) and takes_int_input(model.layer)
+    if not (ints_ok or jnp.issubdtype(kind, jnp.floating)):
         raise TypeError(
-            f"x: expected a floating dtype, got {jnp.result_type(x)}; "
-            f"convert it with x.astype(jnp.float32)"
+            f"x: expected a floating dtype, got {kind}; convert it with x.astype(jnp.float32)"
         )
     shape = tuple(jnp.shape(x))
     if len(shape) != 1 + len(model.in_shape) or shape[1:] != tuple(model.in_shape):

@@ -1,6 +1,6 @@
 """``fnn train --seeds K`` and ``fnn train --lr A,B,C``: a sweep of runs in one program.
 
-:func:`fnn.runner.main` hands a sweep here. The runs are the cross product of the seeds
+``fnn train`` hands a sweep here (:func:`train_sweep`). The runs are the cross product of the seeds
 (``--seed S --seeds K`` gives ``S, S+1, ..., S+K-1``) and the learning rates, trained at once
 by :func:`fnn.many.fit_many`. Run ``(s, lr)`` is the run ``fnn train --seed s --lr lr`` would
 train alone: its own data split (the dataset's seed is the run's seed), its own
@@ -24,40 +24,44 @@ run: ``seed``, ``lr``, ``test_accuracy``, ``test_loss``, ``history``, ``params_d
 from __future__ import annotations
 
 import inspect
-import math
 import os
-import sys
 import time
 
-from fnn.cli_train import UsageError, _device_text, _save_params, _versions, _write_json
-from fnn.cli_train import params_digest as _digest
+import jax
+import numpy as np
+
+from fnn import experiment, files, many, optim, runfolder, train
+from fnn.experiment import HISTORY_KEYS, ConfigError
 
 
-def _refuse(cfg: dict, args) -> None:
-    if args.resume or cfg["checkpoint_every"]:
-        flag = "--resume" if args.resume else "--checkpoint-every"
-        raise UsageError(
+def refuse(cfg: dict, *, resume: bool, procs: int) -> None:
+    """Refuse what a sweep cannot do (checkpoints, several processes), before any work."""
+    if resume or cfg["checkpoint_every"]:
+        flag = "--resume" if resume else "--checkpoint-every"
+        raise ConfigError(
             f"{flag}: checkpoints are not supported for sweeps (--seeds or several "
-            f"--lr values); train one run alone (--seed S --lr L) to checkpoint "
-            f"it"
+            f"--lr values); train one run alone (--seed S --lr L) to checkpoint it"
         )
-    if getattr(args, "num_processes", 1) != 1:
-        raise UsageError("--num-processes: a sweep runs in one process")
+    if procs != 1:
+        raise ConfigError(
+            "--num-processes: a multi-process job trains one run; run sweeps "
+            "(several --lr values or --seeds) in one process"
+        )
 
 
-def _lr_factory(cfg: dict, steps: int):
+def lr_factory(cfg: dict, steps: int):
     """``learning_rate -> optimizer``: the chain ``fnn.optim.get`` builds for the CLI, with the
     rate as an argument so that ``optax.inject_hyperparams`` can feed each run its own.
 
     ``optim.get`` checks and memoises a Python float; under ``inject_hyperparams`` the rate
     arrives as an array, so this calls its unmemoised builder with ``get``'s defaults.
+    TODO(issue 15, engine half): use optim's public factory once it lands.
     """
-    from fnn import optim
-
     defaults = {k: p.default for k, p in inspect.signature(optim.get).parameters.items()}
+    build = optim._build.__wrapped__  # noqa: SLF001 (until optim has a public factory)
 
     def factory(learning_rate):
-        return optim._build.__wrapped__(
+        return build(
             cfg["optimizer"],
             learning_rate,
             cfg["schedule"],
@@ -75,40 +79,39 @@ def _lr_factory(cfg: dict, steps: int):
 
 
 def _same(a, b) -> bool:
-    import numpy as np
-
     return all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))
 
 
-def main(cfg: dict, args, out: str, console, start: float) -> int:
-    """Train the sweep of a parsed config; returns the exit status."""
-    _refuse(cfg, args)
-    import jax
-    import numpy as np
-
-    from fnn import data, many, train
-    from fnn.runner import HISTORY_KEYS, build, targets
-
-    seeds = [cfg["seed"] + i for i in range(cfg["seeds"] or 1)]
-    lrs = cfg["lr"]
-    runs = [(s, lr) for s in seeds for lr in lrs]
-    sets = {}
-    for s in seeds:
-        try:
-            sets[s] = data.load(cfg["data"], seed=s)
-        except (ValueError, TypeError, FileNotFoundError) as err:
-            raise UsageError(f"--data: {err}") from None
-    ds0 = sets[seeds[0]]
-    model, loss, opt, b = build(cfg, ds0)
+def _datasets(cfg: dict, seeds: list[int]):
+    sets = {s: experiment.load_data(cfg, seed=s) for s in seeds}
+    model, loss, opt, b = experiment.build(cfg, sets[seeds[0]])
     parts = {
         s: (
             d.x_train,
-            targets(loss, d.y_train, d.classes),
+            experiment.targets(loss, d.y_train, d.classes),
             d.x_test,
-            targets(loss, d.y_test, d.classes),
+            experiment.targets(loss, d.y_test, d.classes),
         )
         for s, d in sets.items()
     }
+    return sets[seeds[0]], parts, (model, loss, opt, b)
+
+
+def train_sweep(cfg: dict, run: experiment.Run) -> dict:
+    """Train the sweep of a config (``seeds`` x ``lr``) in one program and write its outputs.
+
+    Returns:
+        The results (what ``metrics.json`` holds): per run ``seed``, ``lr``,
+        ``test_accuracy``, ``test_loss``, ``history``, ``params_digest``; their mean and std.
+
+    Raises:
+        ConfigError: bad config or run folder; fnn.train.NonFiniteError: a NaN/inf.
+    """
+    refuse(cfg, resume=run.resume, procs=run.procs)
+    seeds = [cfg["seed"] + i for i in range(cfg["seeds"] or 1)]
+    lrs = cfg["lr"]
+    runs = [(s, lr) for s in seeds for lr in lrs]
+    ds0, parts, (model, loss, opt, b) = _datasets(cfg, seeds)
     # One shared copy when the seed does not change the data (MNIST files); else per run.
     shared = all(_same(parts[s], parts[seeds[0]]) for s in seeds)
     tr = [parts[s][:2] for s, _ in runs]
@@ -118,7 +121,7 @@ def main(cfg: dict, args, out: str, console, start: float) -> int:
         optimizer, hparams = opt, None  # the very optimizer a single run uses
     else:
         steps = cfg["epochs"] * (len(ds0.x_train) // b)
-        optimizer, hparams = _lr_factory(cfg, steps), {"learning_rate": [lr for _, lr in runs]}
+        optimizer, hparams = lr_factory(cfg, steps), {"learning_rate": [lr for _, lr in runs]}
     fits = many.max_runs(
         model,
         optimizer,
@@ -128,40 +131,50 @@ def main(cfg: dict, args, out: str, console, start: float) -> int:
         per_run_data=not shared,
         eval_n=len(ds0.x_test) if has_test else 0,
     )
-
-    def count(k, word):
-        return f"{k} {word}" + ("s" if k != 1 else "")
-
-    console.print(
-        f"sweep: {count(len(runs), 'run')} ({count(len(seeds), 'seed')} x "
-        f"{count(len(lrs), 'learning rate')}) in one program; up to {fits} fit in "
+    run.log(
+        f"sweep: {_count(len(runs), 'run')} ({_count(len(seeds), 'seed')} x "
+        f"{_count(len(lrs), 'learning rate')}) in one program; up to {fits} fit in "
         f"memory at once"
     )
-    try:
-        states, histories = many.fit_many(
-            model,
-            loss,
-            optimizer,
-            tr[0] if shared else tr,
-            epochs=cfg["epochs"],
-            batch_size=b,
-            keys=[jax.random.key(s) for s, _ in runs],
-            hparams=hparams,
-            eval_data=None if not has_test else (te[0] if shared else te),
-            grad=cfg["grad"],
-            on_nonfinite=cfg["on_nonfinite"],
-            progress=not args.quiet,
-            devices=None if cfg["devices"] == 1 else cfg["devices"],
-        )
-    except ValueError as err:
-        if str(err).startswith("devices:"):
-            raise UsageError(f"--{err}") from None
-        raise
-    except train.NonFiniteError as err:
-        console.print(f"[red]fnn train: {err}[/red]")
-        print(f"fnn train: error: {str(err).split(';')[0]}", file=sys.stderr)
-        return 1
+    os.makedirs(run.out, exist_ok=True)
+    with files.FolderLock(run.out):
+        run_id = runfolder.new_run_id()
+        runfolder.claim(run.out, run_id, cfg, run.overwrite)
+        try:
+            states, histories = many.fit_many(
+                model,
+                loss,
+                optimizer,
+                tr[0] if shared else tr,
+                epochs=cfg["epochs"],
+                batch_size=b,
+                keys=[jax.random.key(s) for s, _ in runs],
+                hparams=hparams,
+                eval_data=None if not has_test else (te[0] if shared else te),
+                grad=cfg["grad"],
+                on_nonfinite=cfg["on_nonfinite"],
+                progress=run.progress,
+                devices=None if cfg["devices"] == 1 else cfg["devices"],
+            )
+        except ValueError as err:
+            if str(err).startswith("devices:"):
+                raise ConfigError(f"--{err}") from None
+            raise
+        result = _result(cfg, run, runs, (model, loss), states, histories, te, has_test, fits)
+        result["run_id"] = run_id
+        files.write_json(os.path.join(run.out, "metrics.json"), result)
+        experiment.save_params(os.path.join(run.out, "params.npz"), states.params)
+        if run.json:
+            files.write_json(run.json, result)
+    return result
 
+
+def _count(k: int, word: str) -> str:
+    return f"{k} {word}" + ("s" if k != 1 else "")
+
+
+def _result(cfg, run, runs, built, states, histories, te, has_test, fits) -> dict:
+    model, loss = built
     results = []
     for k, (s, lr) in enumerate(runs):
         params = many.take(states.params, k)
@@ -175,58 +188,23 @@ def main(cfg: dict, args, out: str, console, start: float) -> int:
                 "history": {
                     HISTORY_KEYS[m]: v for m, v in histories[k].items() if m in HISTORY_KEYS
                 },
-                "params_digest": _digest(params),
+                "params_digest": experiment.params_digest(params),
             }
         )
     accs = [r["test_accuracy"] for r in results if r["test_accuracy"] is not None]
-    result = {
+    std = float(np.std(accs, ddof=1)) if len(accs) > 1 else (0.0 if accs else None)
+    return {
         "config": cfg,
         "runs": results,
         "test_accuracy_mean": float(np.mean(accs)) if accs else None,
-        "test_accuracy_std": float(np.std(accs, ddof=1))
-        if len(accs) > 1
-        else (0.0 if accs else None),
+        "test_accuracy_std": std,
         "epochs": cfg["epochs"],
         "max_runs": int(fits),
-        "device": _device_text(cfg["devices"]),
-        "versions": _versions(),
-        "seconds": time.perf_counter() - start,
-        "out": out,
+        "device": experiment.device_text(cfg["devices"]),
+        "versions": experiment.versions(),
+        "seconds": time.perf_counter() - run.start,
+        "out": run.out,
     }
-    _write_json(os.path.join(out, "metrics.json"), result)
-    if args.json:
-        _write_json(args.json, result)
-    _save_params(os.path.join(out, "params.npz"), states.params)
-    _summary(console, result)
-    return 0
 
 
-def _fmt(v, spec=".4f") -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
-
-
-def _summary(console, result: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"fnn train: {len(result['runs'])} runs")
-    for name in ("run", "seed", "lr", "test accuracy", "test loss", "params digest"):
-        table.add_column(name, justify="left" if name == "params digest" else "right")
-    for k, r in enumerate(result["runs"]):
-        table.add_row(
-            str(k),
-            str(r["seed"]),
-            f"{r['lr']:g}",
-            _fmt(r["test_accuracy"]),
-            _fmt(r["test_loss"]),
-            r["params_digest"][:16],
-        )
-    console.print(table)
-    console.print(
-        f"test accuracy {_fmt(result['test_accuracy_mean'])} +- "
-        f"{_fmt(result['test_accuracy_std'])} (mean +- std over "
-        f"{len(result['runs'])} runs)   time {result['seconds']:.1f} s   device "
-        f"{result['device']}   outputs {result['out']}"
-    )
-
-
-__all__ = ["main"]
+__all__ = ["lr_factory", "refuse", "train_sweep"]

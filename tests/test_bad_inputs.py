@@ -5,9 +5,16 @@ the argument, the expectation and what was found). Command rows must exit 2 with
 stderr and no traceback, and must leave an existing run folder byte-for-byte unchanged.
 """
 
+import contextlib
+import errno
 import hashlib
+import json
 import os
 import re
+import shutil
+import socket
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -18,7 +25,19 @@ import optax
 import pytest
 
 import fnn
-from fnn import activations, check, checkpoint, cli, data, diagnostics, losses, optim, train
+from fnn import (
+    activations,
+    check,
+    checkpoint,
+    cli,
+    data,
+    diagnostics,
+    files,
+    losses,
+    optim,
+    plots,
+    train,
+)
 
 MODEL = fnn.mlp([2, 4, 3], dtype=jnp.float32)
 PARAMS = MODEL.init(jax.random.key(0))
@@ -302,8 +321,8 @@ def test_checkpoint_into_a_file(tmp_path):
 
 def _tree_hash(folder) -> str:
     h = hashlib.sha256()
-    for root, _, files in sorted(os.walk(folder)):
-        for name in sorted(files):
+    for root, _, names in sorted(os.walk(folder)):
+        for name in sorted(names):
             p = os.path.join(root, name)
             h.update(p.encode())
             h.update(Path(p).read_bytes())
@@ -394,3 +413,432 @@ def test_command_resume_refuses_to_stretch_a_schedule(run_folder, capsys):
     assert code == 2
     assert "--epochs: the checkpointed run uses the 'cosine' schedule over 2 epochs" in err
     assert _tree_hash(run_folder) == before
+
+
+# --------------------------------------------------- issue 19: runs, folders, disks, flags
+
+
+def _copy_run(run_folder, tmp_path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(run_folder, dst)
+    return dst
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_resume_refuses_flags_that_differ_from_the_saved_run(run_folder, capsys):
+    before = _tree_hash(run_folder)
+    code = cli.main(
+        [
+            "train",
+            "--quiet",
+            "--resume",
+            "--out",
+            str(run_folder),
+            "--hidden",
+            "16",
+            "--lr",
+            "0.1",
+            "--seed",
+            "3",
+            "--data",
+            "moons",
+        ]
+    )
+    err = _one_error_line(capsys)
+    assert code == 2
+    for diff in (
+        "--data saved xor, given moons",
+        "--hidden saved 4, given 16",
+        "--lr saved 0.002, given 0.1",
+        "--seed saved 0, given 3",
+    ):
+        assert diff in err, err
+    assert "On resume only --epochs (under --schedule constant), --checkpoint-every" in err
+    assert _tree_hash(run_folder) == before
+
+
+def test_resume_with_the_saved_flags_repeated_is_accepted(run_folder, tmp_path, capsys):
+    out = _copy_run(run_folder, tmp_path)
+    code = cli.main(
+        [
+            "train",
+            "--quiet",
+            "--resume",
+            "--out",
+            str(out),
+            "--data",
+            "xor",
+            "--hidden",
+            "4",
+            "--epochs",
+            "2",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+
+
+def test_run_id_is_in_every_checkpoint_and_output(run_folder):
+    run_id = json.loads((run_folder / "run.json").read_text())["run_id"]
+    assert re.fullmatch(r"[0-9a-f]{12}", run_id)
+    assert json.loads((run_folder / "metrics.json").read_text())["run_id"] == run_id
+    ckpts = checkpoint.list_checkpoints(run_folder)
+    assert len(ckpts) == 2
+    for p in ckpts:
+        assert checkpoint.info(p)["metadata"]["run_id"] == run_id
+
+
+def test_a_fresh_run_refuses_a_folder_holding_another_run(run_folder, tmp_path, capsys):
+    before = _tree_hash(run_folder)
+    run_id = json.loads((run_folder / "run.json").read_text())["run_id"]
+    code = cli.main(
+        ["train", "--quiet", "--data", "xor", "--epochs", "1", "--out", str(run_folder)]
+    )
+    err = _one_error_line(capsys)
+    assert code == 2
+    assert f"--out: folder {run_folder} holds run {run_id}; continue it with --resume" in err
+    assert "--overwrite" in err
+    assert _tree_hash(run_folder) == before
+    # With --overwrite the new run replaces the old one's outputs and gets its own id.
+    out = _copy_run(run_folder, tmp_path)
+    assert (
+        cli.main(
+            [
+                "train",
+                "--quiet",
+                "--data",
+                "xor",
+                "--hidden",
+                "3",
+                "--epochs",
+                "1",
+                "--overwrite",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    new = json.loads((out / "run.json").read_text())
+    assert new["run_id"] != run_id and new["config"]["hidden"] == [3]
+    assert [checkpoint.info(p)["metadata"]["run_id"] for p in checkpoint.list_checkpoints(out)] == [
+        new["run_id"]
+    ]
+
+
+def test_a_checkpoint_of_another_run_dropped_in_is_refused(run_folder, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert (
+        cli.main(
+            [
+                "train",
+                "--quiet",
+                "--data",
+                "xor",
+                "--hidden",
+                "16",
+                "--epochs",
+                "9",
+                "--seed",
+                "3",
+                "--out",
+                str(other),
+            ]
+        )
+        == 0
+    )
+    out = _copy_run(run_folder, tmp_path)
+    foreign = checkpoint.list_checkpoints(other)[-1]
+    shutil.copy(foreign, out)
+    before = _tree_hash(out)
+    code = cli.main(["train", "--quiet", "--resume", "--out", str(out)])
+    err = _one_error_line(capsys)
+    assert code == 2
+    assert os.path.basename(foreign) in err and "belongs to run" in err
+    assert "it was copied in from elsewhere" in err
+    assert _tree_hash(out) == before
+
+
+def test_a_locked_folder_is_refused(run_folder, capsys):
+    before = _tree_hash(run_folder)
+    with files.FolderLock(run_folder):
+        code = cli.main(["train", "--quiet", "--resume", "--out", str(run_folder)])
+    err = _one_error_line(capsys)
+    assert code == 2
+    assert f"folder {run_folder} is in use by another fnn run (process {os.getpid()})" in err
+    assert _tree_hash(run_folder) == before
+
+
+def test_planted_symlinks_at_old_temporary_names_are_never_followed(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    pid = os.getpid()
+    for name in (f"metrics.json.tmp.{pid}", f"params.npz.tmp.{pid}.npz", f"r.json.tmp.{pid}"):
+        os.symlink(victim, out / name)
+    code = cli.main(
+        [
+            "train",
+            "--quiet",
+            "--data",
+            "xor",
+            "--hidden",
+            "4",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--json",
+            str(out / "r.json"),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert victim.read_text() == "precious"
+    for name in ("metrics.json", "params.npz", "r.json", "curves.png", "run.json"):
+        assert (out / name).is_file() and not (out / name).is_symlink()
+    assert not [n for n in os.listdir(out) if n.startswith(files.TMP_PREFIX) or n.endswith(".tmp")]
+
+
+def test_full_disk_is_one_line_and_loses_nothing(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    flags = [
+        "train",
+        "--quiet",
+        "--data",
+        "xor",
+        "--hidden",
+        "4",
+        "--schedule",
+        "constant",
+        "--checkpoint-every",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert cli.main([*flags, "--epochs", "2"]) == 0
+    before = _tree_hash(out)
+    newest = checkpoint.latest(out)
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)  # every fnn write fsyncs: ENOSPC everywhere
+    code = cli.main([*flags, "--epochs", "3", "--resume"])
+    monkeypatch.undo()
+    err = _one_error_line(capsys)
+    assert code == 1
+    assert re.search(
+        r"no space left on device writing .*ckpt-\d+\.npz: needs about \d+(\.\d)? "
+        r"(bytes|KiB); .* free in ",
+        err,
+    ), err
+    assert _tree_hash(out) == before  # no temporary left, nothing changed
+    assert checkpoint.latest(out) == newest
+    checkpoint.info(newest)  # verifies
+
+
+def test_full_disk_on_a_real_tmpfs(tmp_path, capsys):
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root on Linux; the simulated ENOSPC test covers it")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(
+            f"cannot mount a tmpfs here ({mounted.stderr.strip()}); the simulated "
+            f"ENOSPC test covers a full disk"
+        )
+    try:
+        out = disk / "out"
+        flags = [
+            "train",
+            "--quiet",
+            "--data",
+            "xor",
+            "--hidden",
+            "4",
+            "--schedule",
+            "constant",
+            "--checkpoint-every",
+            "1",
+            "--out",
+            str(out),
+        ]
+        assert cli.main([*flags, "--epochs", "1"]) == 0
+        fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+        for chunk in (65536, 4096, 1):  # fill the disk to the last byte
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, bytes(chunk))
+        os.close(fd)
+        before = _tree_hash(out)
+        code = cli.main([*flags, "--epochs", "2", "--resume"])
+        err = _one_error_line(capsys)
+        assert code == 1 and "no space left on device writing" in err, err
+        assert _tree_hash(out) == before
+        checkpoint.info(checkpoint.latest(out))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], timeout=30, check=False)
+
+
+def test_resume_of_a_checkpoint_saved_from_python(tmp_path, capsys):
+    out = tmp_path / "py"
+    path = checkpoint.save(out, {"w": np.zeros(3, np.float32)}, step=4)
+    before = Path(path).read_bytes()
+    code = cli.main(["train", "--quiet", "--resume", "--out", str(out)])
+    err = _one_error_line(capsys)
+    assert code == 2
+    assert f"--resume: {path} was not saved by fnn train (its metadata holds no run config" in err
+    assert "fnn.checkpoint.restore" in err
+    assert Path(path).read_bytes() == before
+    checkpoint.save(out, {"w": np.zeros(3, np.float32)}, step=5, metadata={"config": {"a": 1}})
+    code = cli.main(["train", "--quiet", "--resume", "--out", str(out)])
+    assert code == 2
+    assert "holds no complete fnn train config (missing ['data'," in _one_error_line(capsys)
+
+
+def test_resume_skips_a_checkpoint_renamed_to_a_later_step(run_folder, tmp_path, capsys):
+    out = _copy_run(run_folder, tmp_path)
+    newest = checkpoint.list_checkpoints(out)[-1]
+    shutil.copy(newest, out / "ckpt-00000999.npz")
+    with pytest.warns(
+        checkpoint.CheckpointWarning,
+        match=r"ckpt-00000999\.npz: its name says step 999 but its manifest says",
+    ):
+        code = cli.main(["train", "--quiet", "--resume", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+
+
+PROCESS_CASES = [
+    (["--num-processes", "1", "--process-id", "1"], r"--process-id: expected an int in 0..0"),
+    (
+        ["--num-processes", "2", "--seeds", "2", "--coordinator", "127.0.0.1:1"],
+        r"--num-processes: a multi-process job trains one run",
+    ),
+    (
+        ["--num-processes", "2", "--coordinator", "127.0.0.1:1", "--join-timeout", "0"],
+        r"--join-timeout: expected a positive int, got 0",
+    ),
+]
+
+
+@pytest.mark.parametrize(("flags", "pattern"), PROCESS_CASES)
+def test_process_flags_are_checked_before_joining(flags, pattern, tmp_path, capsys):
+    code = cli.main(["train", "--quiet", "--data", "xor", "--out", str(tmp_path / "o"), *flags])
+    assert code == 2
+    assert re.search(pattern, _one_error_line(capsys))
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_coordinator_host_is_named(tmp_path, capsys):
+    code = cli.main(
+        [
+            "train",
+            "--quiet",
+            "--data",
+            "xor",
+            "--out",
+            str(tmp_path / "o"),
+            "--num-processes",
+            "2",
+            "--process-id",
+            "1",
+            "--coordinator",
+            "no-such-host.invalid:1234",
+        ]
+    )
+    assert code == 2
+    assert "--coordinator: cannot resolve host 'no-such-host.invalid'" in _one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_coordinator_port_in_use_is_named(tmp_path, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code = cli.main(
+            [
+                "train",
+                "--quiet",
+                "--data",
+                "xor",
+                "--out",
+                str(tmp_path / "o"),
+                "--num-processes",
+                "2",
+                "--coordinator",
+                f"127.0.0.1:{port}",
+            ]
+        )
+    assert code == 2
+    assert f"--coordinator: cannot listen on 127.0.0.1:{port}" in _one_error_line(capsys)
+
+
+COMMAND_CASES = [
+    (["train", "--seed", "-1"], r"--seed: expected an int in 0..4294967295, got -1"),
+    (["train", "--seed", str(2**64)], r"--seed: expected an int in 0..4294967295, got 1844"),
+    (["train", "--json", "{file}/r.json"], r"--json: folder .*file does not exist"),
+    (["train", "--out", "{file}/run"], r"--out: cannot create folder .*: .*file is a file"),
+    (["check", "--directions", "0"], r"--directions: expected a positive int, got 0"),
+    (["check", "--directions", "-3"], r"--directions: expected a positive int, got -3"),
+    (["lr-find", "--steps", "1000000000000"], r"--steps: expected at most 1000000, got 10"),
+    (["lr-find", "--out", "{folder}.png"], r"--out: .*\.png is a folder; give a .png file"),
+    (["lr-find", "--seed", "-2"], r"--seed: expected an int in 0..4294967295, got -2"),
+]
+
+
+@pytest.mark.parametrize(
+    ("flags", "pattern"), COMMAND_CASES, ids=[" ".join(c[0]) for c in COMMAND_CASES]
+)
+def test_command_flags_are_checked_before_any_work(flags, pattern, tmp_path, capsys):
+    (tmp_path / "file").write_text("keep")
+    (tmp_path / "folder.png").mkdir()
+    flags = [f.format(file=tmp_path / "file", folder=tmp_path / "folder") for f in flags]
+    before = _tree_hash(tmp_path)
+    code = cli.main([*flags, "--data", "xor"] if flags[0] != "check" else flags)
+    assert code == 2
+    assert re.search(pattern, _one_error_line(capsys))
+    assert _tree_hash(tmp_path) == before
+
+
+def test_primary_outputs_are_written_before_the_figure(tmp_path, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "the figure failed")
+
+    monkeypatch.setattr(plots, "training_curves", broken)
+    out = tmp_path / "out"
+    code = cli.main(
+        [
+            "train",
+            "--quiet",
+            "--data",
+            "xor",
+            "--hidden",
+            "4",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
+    assert code == 1
+    assert "the figure failed" in _one_error_line(capsys)
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert json.loads((out / "metrics.json").read_text()) == result
+    with np.load(out / "params.npz") as z:
+        assert sorted(z.files) == ["[0]['b']", "[0]['w']", "[2]['b']", "[2]['w']"]
+    assert not (out / "curves.png").exists()
+    assert not [n for n in os.listdir(out) if n.startswith(files.TMP_PREFIX)]

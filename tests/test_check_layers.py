@@ -240,3 +240,19 @@ def test_integer_inputs_are_held_fixed_and_only_dparams_checked():
         backward=lambda p, i, y, dy: ({"table": jnp.zeros_like(p["table"]).at[i].set(dy)}, None),
     )
     assert check.check_layer(wrong, (1,), x=ids, transforms=False).failed == ["params['table']"]
+
+
+def test_a_loss_whose_autodiff_is_the_odd_one_out_at_a_tie_is_not_blamed():
+    def fn(pred, target):  # BCE on logits written with max and |z|: smooth, but at z = 0
+        z = pred  # autodiff takes subgradients (1/2 and 1) that do not add up to s(0) - t
+        return jnp.mean(jnp.maximum(z, 0.0) - z * target + jnp.log1p(jnp.exp(-jnp.abs(z))))
+
+    bce = losses.get("binary_cross_entropy")._replace(name="tie_bce", fn=fn)
+    model = models.mlp([3, 4, 1], activation="tanh", dtype=F64)
+    params = model.init(jax.random.key(0))
+    params[-1] = jax.tree.map(jnp.zeros_like, params[-1])  # every logit exactly 0
+    x = jax.random.normal(jax.random.key(1), (6, 3), F64)
+    y = jnp.array([[0.0], [1.0], [1.0], [0.0], [1.0], [1.0]], F64)
+    report = check.check_model(model, bce, params, x, y)
+    assert not report.ok and report.layers and all(f.ok for f in report.layers), str(report)
+    assert "jax.grad is the odd one out" in report.verdict and "first wrong" not in report.verdict

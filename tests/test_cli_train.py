@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fnn import cli
+from fnn import activations, cli, losses, optim
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
@@ -156,3 +156,103 @@ def test_bad_flag_through_the_console_has_no_traceback(tmp_path):
     assert res.stderr.strip() == (
         "fnn train: error: --hidden: every width must be a positive int, got 0 in '0'"
     )
+
+
+def test_backward_check_is_in_the_json_and_the_table(tmp_path, capsys):
+    out = tmp_path / "o"
+    code = cli.main(
+        [
+            "train",
+            "--data",
+            "xor",
+            "--hidden",
+            "4",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
+    assert code == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["config"]["grad"] == "manual"  # the hand-written sweep is the default
+    assert result["backward_check"]["ok"] is True
+    assert 0 <= result["backward_check"]["max_rel_err"] < 1e-4  # float32 round-off
+    assert "ok (manual vs jax.grad, max rel err" in capsys.readouterr().out
+
+
+def test_a_wrong_backward_rule_stops_the_run_with_exit_1(tmp_path, monkeypatch, capsys):
+    sce = losses.get("softmax_cross_entropy")
+    # A planted bug: the gradient of the loss halved. jax.grad of .fn is still right.
+    monkeypatch.setitem(
+        losses._REGISTRY,
+        "softmax_cross_entropy",
+        sce._replace(grad=lambda pred, target: 0.5 * sce.grad(pred, target)),
+    )
+    out = tmp_path / "o"
+    code = cli.main(["train", "--quiet", "--data", "xor", "--hidden", "4", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "fnn train: error: the hand-written backward disagrees with jax.grad" in err
+    for leaf in ("[0]['w']", "[0]['b']", "[2]['w']", "[2]['b']"):  # the per-leaf table
+        assert leaf in err
+    assert "FAIL" in err
+    assert not out.exists()  # checked before the folder is claimed or anything trained
+
+
+@pytest.mark.parametrize("command", ["train", "check", "lr-find"])
+def test_help_lists_every_choice_and_each_default_once(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # unwrap argparse's line breaks
+    names = [*activations.NAMES, *losses.NAMES]
+    if command != "check":
+        names += ["xor", "moons", "circles", "spirals", "digits", "mnist:PATH"]
+        names += [n for n in optim.NAMES if command == "train" or n != "gd"]
+    if command == "train":
+        names += [*optim.SCHEDULES, "manual", "autodiff", "raise", "skip"]
+    for name in names:
+        assert name in text, name
+    assert "(default: None)" not in text
+    for chunk in text.split(" --")[1:]:  # each flag's help states its default at most once
+        assert chunk.count("default") <= 1, chunk
+
+
+def test_the_application_layer_imports_one_way():
+    """cli -> experiment/sweep -> runfolder -> checkpoint -> files; no private names across
+    modules; no imports inside functions but rich's (read with ast, nothing imported)."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(cli.__file__).parents[1]
+    layer = {"files": 0, "checkpoint": 1, "runfolder": 2, "experiment": 3, "sweep": 4, "cli": 5}
+    paths = [*(root / "cli").glob("*.py")] + [root / f"{m}.py" for m in layer if m != "cli"]
+    for path in paths:
+        me = "cli" if path.parent.name == "cli" else path.stem
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            for mod in mods:
+                parts = mod.split(".")
+                if parts[0] != "fnn":
+                    continue
+                names = [a.name for a in node.names] if isinstance(node, ast.ImportFrom) else []
+                target = parts[1] if len(parts) > 1 else None
+                for name in names or [None]:
+                    assert not (name or "").startswith("_"), f"{path.name}: private {mod}.{name}"
+                    t = target or name
+                    if t in layer:
+                        assert layer[t] <= layer[me], f"{path.name}: upward import of {t}"
+        for fn in ast.walk(tree):
+            if isinstance(fn, ast.FunctionDef):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.Import | ast.ImportFrom):
+                        mod = (
+                            node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+                        )
+                        assert mod.split(".")[0] == "rich", f"{path.name}:{fn.name} imports {mod}"

@@ -143,7 +143,7 @@ def idx_bytes(array, code=0x08):
 
 def fake_mnist(rng, n, hw=(6, 5)):
     images = rng.integers(0, 256, (n, *hw), dtype=np.uint8)
-    labels = rng.integers(0, 10, n, dtype=np.uint8)
+    labels = rng.permutation(np.arange(n) % 10).astype(np.uint8)  # 0..min(n,10)-1, no gaps
     return images, labels
 
 
@@ -275,3 +275,66 @@ def test_read_idx_other_types(tmp_path):
     got = data.read_idx(p)
     assert got.dtype == np.int32 and got.dtype.isnative
     np.testing.assert_array_equal(got, arr)
+
+
+# ------------------------------------------------------------ hostile files (issue 19)
+
+
+def test_gzip_bomb_is_refused_after_reading_what_the_header_promises(tmp_path, monkeypatch):
+    write_mnist_dir(tmp_path, gz=True)
+    bomb = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    # A 3-label header followed by 64 MiB of zeros: a few KiB compressed.
+    with gzip.open(bomb, "wb") as f:
+        f.write(bytes([0, 0, 8, 1]) + struct.pack(">I", 3) + bytes(3))
+        for _ in range(64):
+            f.write(bytes(1 << 20))
+    before = bomb.read_bytes()
+    sizes = []
+    real_read = gzip.GzipFile.read
+
+    def counting_read(self, size=-1):
+        sizes.append(size)
+        return real_read(self, size)
+
+    monkeypatch.setattr(gzip.GzipFile, "read", counting_read)
+    with pytest.raises(
+        ValueError,
+        match=r"t10k-labels-idx1-ubyte\.gz: size mismatch: header "
+        r"promises 3 = 3 data bytes, the file holds more",
+    ):
+        data.mnist(tmp_path)
+    assert -1 not in sizes and max(sizes) <= 3 + 1 + 5 * 6 * 5  # never the whole stream
+    assert bomb.read_bytes() == before
+
+
+def test_labels_with_a_gap_are_refused_and_named(tmp_path):
+    images, labels = fake_mnist(np.random.default_rng(0), 11)
+    labels[4] = 255
+    write_mnist_dir(tmp_path, overrides={"train-labels-idx1-ubyte": idx_bytes(labels)}, n_train=11)
+    with pytest.raises(
+        ValueError,
+        match=r"train-labels-idx1-ubyte and .*t10k-labels-idx1-ubyte: "
+        r"the labels must be 0..K-1 without gaps; found 0, 1, .*255, which would "
+        r"make 256 classes",
+    ):
+        data.mnist(tmp_path)
+
+
+def test_nan_pixels_are_named_by_row_before_standardising(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.normal(size=(40, 3)),
+        "y_train": np.arange(40) % 2,
+        "x_test": rng.normal(size=(8, 3)),
+        "y_test": np.arange(8) % 2,
+    }
+    arrays["x_train"][17, 1] = np.nan
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(
+        ValueError,
+        match=r"d\.npz: 1 of 40 rows of x_train hold NaN or inf "
+        r"\(rows 17\)",
+    ):
+        data.mnist(tmp_path / "d.npz")
+    with pytest.raises(ValueError, match=r"standardize: 1 of 40 rows of x_train hold NaN or inf"):
+        data.standardize(arrays["x_train"], arrays["x_test"])

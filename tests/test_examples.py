@@ -147,3 +147,11 @@ def test_a_script_runs_standalone_and_switches_x64_on(tmp_path):
     assert "for every witness (float64): ok" in res.stdout
     assert "vs finite differences" in res.stdout
     assert (tmp_path / "softmax.png").read_bytes()[:8] == PNG
+
+
+def test_attention_reverses_a_sequence_a_per_token_network_cannot(tmp_path):
+    r = run_example("transformer", tmp_path)
+    assert r["accuracy"] >= 0.99
+    # Without attention no position sees another: held-out accuracy stays near 1/10.
+    assert r["baseline_accuracy"] < 0.2
+    assert 0.8 < r["baseline_params"] / r["params"] < 1.25  # similar size

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -142,7 +143,7 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, reference):
         text=True,
         env=ENV,
     )
-    for _ in range(200):  # wait until training is under way (first checkpoint written)
+    for _ in range(1200):  # wait until training is under way (first checkpoint written)
         time.sleep(0.05)
         if os.path.isdir(out) and any(f.startswith("ckpt-") for f in os.listdir(out)):
             break
@@ -221,3 +222,123 @@ def test_nonfinite_skip_counts_skipped_steps(tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["skipped"] > 0
     assert "skipped steps" in res.stdout
+    # Strict JSON everywhere (issue 19 item 9): a NaN loss is null, never a bare NaN.
+    for path in (tmp_path / "r.json", tmp_path / "o" / "metrics.json"):
+        text = path.read_text()
+        assert "NaN" not in text and "Infinity" not in text
+        json.loads(text, parse_constant=lambda c, p=path: pytest.fail(f"{p}: bare {c}"))
+
+
+# ------------------------------------------------------------------ issue 19: round two
+
+
+def test_sigterm_saves_the_newest_epoch_and_exits_143(tmp_path):
+    out = str(tmp_path / "out")
+    run = [*RUN[:5], "100000", *RUN[6:], "--schedule", "constant"]
+    proc = subprocess.Popen(
+        cmd(*run, "--checkpoint-every", "50", "--out", out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        for _ in range(1200):  # wait until training is under way (first checkpoint written)
+            time.sleep(0.05)
+            if os.path.isdir(out) and any(f.startswith("ckpt-") for f in os.listdir(out)):
+                break
+        time.sleep(1.0)  # some epochs past the periodic checkpoint
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr and "terminated (SIGTERM)" in stderr
+    from fnn import checkpoint
+
+    saved = checkpoint.info(out)  # verifies the sha256: a complete, loadable checkpoint
+    assert saved["metadata"]["epoch"] > 50  # the newest epoch, not the periodic one
+    assert (
+        saved["metadata"]["run_id"]
+        == json.loads((tmp_path / "out" / "run.json").read_text())["run_id"]
+    )
+
+
+def test_a_stale_lock_of_a_killed_process_does_not_block_resume(tmp_path, reference):
+    out = tmp_path / "out"
+    first = subprocess.run(
+        cmd(*RUN, "--out", str(out)), capture_output=True, text=True, timeout=180, env=ENV
+    )
+    assert first.returncode == 0, first.stderr
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from fnn import files; files.FolderLock(sys.argv[1]).__enter__();"
+            " print('locked', flush=True); time.sleep(600)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        busy = subprocess.run(
+            cmd("--resume", "--out", str(out), "--quiet"),
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=ENV,
+        )
+        assert busy.returncode == 2
+        assert f"is in use by another fnn run (process {holder.pid})" in busy.stderr
+    finally:
+        holder.kill()  # SIGKILL: the lock file stays behind, holding a dead pid
+        holder.wait()
+        holder.stdout.close()
+    assert (out / ".fnn-lock").read_text().strip() == str(holder.pid)
+    res = subprocess.run(
+        cmd("--resume", "--out", str(out), "--quiet", "--json", str(tmp_path / "r.json")),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=ENV,
+    )
+    assert res.returncode == 0, res.stderr
+    assert digest(tmp_path / "r.json") == reference["params_digest"]
+
+
+def test_an_incomplete_job_gives_up_after_the_join_timeout(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = subprocess.run(
+        cmd(
+            "--data",
+            "xor",
+            "--quiet",
+            "--out",
+            str(tmp_path / "o"),
+            "--num-processes",
+            "2",
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            "--join-timeout",
+            "2",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,  # a hard bound: the old behaviour waited forever
+        env=ENV,
+    )
+    assert res.returncode == 2
+    assert (
+        res.stderr.strip()
+        .splitlines()[-1]
+        .startswith("fnn train: error: --num-processes: the job of 2 processes at 127.0.0.1:")
+    )
+    assert "did not start within --join-timeout 2 s" in res.stderr
+    assert not (tmp_path / "o").exists()

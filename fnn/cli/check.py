@@ -11,18 +11,18 @@ differences) and exits 1 when a leaf fails, 0 when all pass, 2 on bad flags.
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import sys
 
-from fnn.cli import UsageError
+import jax
+import jax.numpy as jnp
 
-_DTYPES = ("float64", "float32")
+from fnn import activations, check, experiment, files, losses, models
+from fnn.cli import common
+from fnn.cli.common import UsageError
+
+DTYPES = ("float64", "float32")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from fnn import activations, losses
-
     p = subparsers.add_parser(
         "check",
         help="verify the hand-written backward of an MLP against jax.grad and finite differences",
@@ -49,26 +49,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype",
         default="float64",
-        choices=_DTYPES,
+        choices=DTYPES,
         help="parameter dtype (default float64; finite differences always run in float64)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for parameters and data")
-    p.add_argument("--batch", type=int, default=8, help="examples in the random batch")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for parameters and data, 0..2**32-1 (default 0)"
+    )
+    p.add_argument("--batch", type=int, default=8, help="examples in the random batch (default 8)")
     p.add_argument(
         "--dropout",
         type=float,
         default=0.0,
-        help="dropout rate (checked in training mode with a fixed key)",
+        help="dropout rate (checked in training mode with a fixed key) (default 0)",
     )
     p.add_argument(
         "--max-coords",
         type=int,
         default=256,
-        help="leaves up to this size are differenced coordinate by coordinate",
+        help="leaves up to this size are differenced coordinate by coordinate (default 256)",
     )
-    p.add_argument("--directions", type=int, default=8, help="random directions per larger leaf")
-    p.add_argument("--json", metavar="PATH", help="write the report as JSON to PATH")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument(
+        "--directions",
+        type=int,
+        default=8,
+        help="random directions per larger leaf, at least 1 (default 8)",
+    )
+    common.add_common_flags(p, "the report as JSON")
     return p
 
 
@@ -87,23 +93,19 @@ def _sizes(text: str) -> list[int]:
 
 
 def run(args) -> int:
-    import jax
-
     # Before any array exists: float64 parameters need it, and with it the finite-difference
     # witness runs in float64 for float32 models too (every array below has an explicit dtype).
     jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
-
-    import fnn
-    from fnn import check
-
     sizes = _sizes(args.sizes)
-    if args.batch < 1:
-        raise UsageError(f"--batch: expected a positive int, got {args.batch}")
+    common.check_positive(args.batch, "--batch")
+    common.check_positive(args.directions, "--directions")
+    common.check_positive(args.max_coords, "--max-coords", least=0)
+    common.check_seed(args.seed)
+    common.check_outputs(json_path=args.json)
     if not 0.0 <= args.dropout < 1.0:
         raise UsageError(f"--dropout: expected a rate in [0, 1), got {args.dropout}")
     dtype = jnp.dtype(args.dtype)
-    model = fnn.mlp(sizes, activation=args.activation, dropout=args.dropout, dtype=dtype)
+    model = models.mlp(sizes, activation=args.activation, dropout=args.dropout, dtype=dtype)
     k_init, k_x, k_y, k_drop = jax.random.split(jax.random.key(args.seed), 4)
     params = model.init(k_init)
     x = jax.random.normal(k_x, (args.batch, sizes[0]), dtype)
@@ -145,27 +147,8 @@ def run(args) -> int:
         out = {
             **report.as_dict(),
             "config": config,
-            "versions": {"fnn": fnn.__version__, "jax": jax.__version__},
-            "device": str(jax.devices()[0]),
+            "versions": experiment.versions(),
+            "device": experiment.device_text(1),
         }
-        with open(args.json, "w") as fh:
-            json.dump(_strict(out), fh, indent=2)
-            fh.write("\n")
+        files.write_json(args.json, out)
     return 0 if report.ok else 1
-
-
-def _strict(obj):
-    """Non-finite floats as strings ("inf", "nan"): strict JSON has no Infinity or NaN."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    return obj
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from fnn.cli import main
-
-    sys.exit(main(["check", *sys.argv[1:]]))
