@@ -164,9 +164,14 @@ def test_kink_is_reported_not_failed():
     assert sum(r.kinks for r in report.rows) == 1
     # Without kink awareness the same estimate is a (spurious) failure at [0]['b'] index 0.
     loss = losses.get("softmax_cross_entropy")
-    fd = check.numerical_grad(lambda p: loss.fn(model.apply(p, x), y), params)
-    blind = fd.compare(backprop.grad(model, loss)(params, x, y))
+    grads = backprop.grad(model, loss)(params, x, y)
+    objective = lambda p: loss.fn(model.apply(p, x), y)  # noqa: E731
+    blind = check.numerical_grad(objective, params, detect_kinks=False).compare(grads)
     assert blind.failed == ["[0]['b']"] and blind.rows[0].worst_index == (0,)
+    # Told nothing about kinks, the left/right slopes find the same one and only that one.
+    found = check.numerical_grad(objective, params)
+    assert found.compare(grads).ok and found.kinks == 1
+    assert found.leaves[0].path == "[0]['b']" and found.leaves[0].kinks.tolist() == [1, 0, 0]
 
 
 # ---------------------------------------------------------------------------------------------
