@@ -60,7 +60,12 @@ LAYERS = {
     "cli": 7,
     "fnn": 8,
 }
-OPTIONAL_HEAVY = ("matplotlib", "rich", "sklearn", "hypothesis")  # optional extras, imported when used
+OPTIONAL_HEAVY = (
+    "matplotlib",
+    "rich",
+    "sklearn",
+    "hypothesis",
+)  # optional extras, imported when used
 
 # Known violations in modules other helpers are rewriting this round (owner in the comment).
 # Each entry is (importer, imported) for an edge, or (module, detail) for the other rules.
