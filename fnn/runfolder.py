@@ -20,7 +20,6 @@ from fnn import checkpoint, files
 
 #: The keys of a run's config (what ``fnn train`` records in ``run.json`` and checkpoints).
 CONFIG_KEYS = (
-    "model",
     "data",
     "hidden",
     "activation",
@@ -36,6 +35,7 @@ CONFIG_KEYS = (
     "devices",
     "on_nonfinite",
     "checkpoint_every",
+    "model",
 )
 
 #: Config keys that may differ on ``--resume`` (how long and where it runs, not what it
@@ -114,6 +114,8 @@ def resume_config(cfg: dict, given: set, saved: dict, path: str) -> dict:
         ConfigError: a flag differs from the saved run (each named, saved vs given), or
             ``--epochs`` would stretch a schedule.
     """
+    if saved and "model" not in saved:
+        saved = {**saved, "model": "mlp"}  # runs saved before --model existed trained MLPs
     missing = [k for k in CONFIG_KEYS if k not in saved]
     if missing:
         raise ConfigError(
