@@ -349,6 +349,8 @@ def taps(layer, params, x, *, key=None, train: bool = False, state=None) -> dict
         >>> t["[1]"]["in"].shape, t["[1]"]["out"].shape   # the relu's pre- and post-activation
         ((4, 3), (4, 3))
     """
+    if state is None and getattr(layer, "stateful", False):
+        state = layer.init_state()  # a stateful model's initial running statistics
     layer = _unwrap(layer)
     y, res = layer.forward(params, x, key=key, train=train, state=state)
     out = {"": {"in": x, "out": y}}

@@ -78,7 +78,7 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
 
     Params ``{"scale": [C], "offset": [C]}``; state ``{"mean": [C], "var": [C]}`` (zeros and
     ones at first), the running statistics: not trained, updated by :attr:`Layer.next_state`
-    from a training forward's residuals, threaded as state (``fnn.models.init_state``,
+    from a training forward's residuals, threaded as state (``fnn.models.init_state_of``,
     :func:`fnn.backprop.value_grad_state`), so they live in the model state pytree and travel
     with it (checkpoints). The variance kept is the biased batch variance (divided by ``m``).
 
@@ -121,7 +121,7 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         if state is None or "mean" not in state:
             raise ValueError(
                 f"{name}: train=False needs state={{'mean', 'var'}} (the running statistics); "
-                "build it with fnn.models.init_state or model.init_state()"
+                "build it with fnn.models.init_state_of or model.init_state()"
             )
         shape = (1,) * (x.ndim - 1) + (-1,)
         inv_std = lax.rsqrt(jnp.reshape(state["var"], shape).astype(x.dtype) + eps)
