@@ -130,6 +130,9 @@ class ModelReport(NamedTuple):
         layers: when the check failed (or ``locate=True``), the loss gradient and every
             layer's backward checked alone at its real input (:class:`LayerFinding`), in
             backward-sweep order, culprits marked.
+        autodiff_rules: ``"path name"`` of every sub-layer whose rule is ``jax.vjp`` of its
+            forward (:func:`fnn.layers.custom` without ``backward``), not hand-written; the
+            verdict lists them, since their agreement with ``jax.grad`` proves nothing.
 
     ``max_abs_err``/``max_rel_err`` are manual vs ``jax.grad``; ``fd_max_abs_err`` and
     ``fd_max_rel_err`` manual vs finite differences.
@@ -141,6 +144,7 @@ class ModelReport(NamedTuple):
     fd_dtype: str | None
     note: str = ""
     layers: tuple[LayerFinding, ...] = ()
+    autodiff_rules: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -193,6 +197,15 @@ class ModelReport(NamedTuple):
         where = culprit_line(self.layers)
         return f"{text}\n{where}" if where else text
 
+    @property
+    def rules_line(self) -> str:
+        """Which sub-layers use an autodiff rule (empty when every rule is hand-written)."""
+        if not self.autodiff_rules:
+            return ""
+        return "autodiff rule (not hand-written, so not proven here): " + ", ".join(
+            self.autodiff_rules
+        )
+
     def as_dict(self) -> dict:
         """JSON-ready: ``ok``, ``max_abs_err``, ``max_rel_err``, ``fd_*``, ``leaves``,
         ``layers``."""
@@ -209,6 +222,7 @@ class ModelReport(NamedTuple):
             "note": self.note,
             "leaves": [witness_row_dict(r) for r in self.rows],
             "layers": [f._asdict() for f in self.layers],
+            "autodiff_rules": list(self.autodiff_rules),
         }
 
     def __str__(self) -> str:
@@ -217,7 +231,7 @@ class ModelReport(NamedTuple):
             f"({self.dtype}, loss {self.value:.6g})",
             self.rows,
         )
-        extra = f"\n{self.note}" if self.note else ""
+        extra = "".join(f"\n{t}" for t in (self.rules_line, self.note) if t)
         text = render_table(table, f"{self.verdict}{extra}\n{BANDS}")
         if self.layers:
             text += "\n" + render_table(layer_table(self.layers), "")
@@ -298,6 +312,11 @@ def check_model(
         None if fd_res is None else fd_res.dtype,
         note,
         found,
+        tuple(
+            f"{p or 'model'} {lyr.name}"
+            for p, lyr in sublayers(model).items()
+            if lyr.rule == "autodiff"
+        ),
     )
 
 

@@ -217,3 +217,15 @@ def test_diagnostics_reach_layers_inside_blocks():
     stats = fnn.diagnostics.unit_stats(model, params, x)
     assert set(stats.saturated) == {"[1][0][1]", "[1][1][1]"}  # tanh, sigmoid inside blocks
     assert set(stats.mean_derivative) == {"[1][0][1]", "[1][1][1]", "[2]"}
+
+
+def test_check_model_marks_layers_whose_rule_is_autodiff():
+    own = layers.custom(cube, init=cube_init)  # no backward: jax.vjp is its rule
+    model = models.build(models.serial(layers.dense(3), own, layers.dense(2)), (4,), F64)
+    params, x, y = setup(model)
+    report = check.check_model(model, CE, params, x, y)
+    assert report.ok and report.autodiff_rules == ("[1] cube",)
+    assert "autodiff rule (not hand-written, so not proven here): [1] cube" in str(report)
+    assert report.as_dict()["autodiff_rules"] == ["[1] cube"]
+    proven = models.build(models.serial(layers.dense(3), layers.dense(2)), (4,), F64)
+    assert check.check_model(proven, CE, *setup(proven)).autodiff_rules == ()
