@@ -14,8 +14,8 @@ Usage::
 Measured (seed 0, 30 epochs, 2-core CPU): CNN 17,258 parameters, test accuracy 0.969; MLP
 17,260 parameters, 0.978. At this size the MLP wins: most of the CNN's parameters sit in its
 dense head (the convolution has 160), and an 8x8 image leaves little room for translation
-invariance to pay. The default :func:`fnn.recipes.cnn` (134k parameters, dropout) reaches
-0.989 on average over seeds 0-4, against 0.978-0.986 for the default 51k-parameter MLP.
+invariance to pay. The default :func:`fnn.recipes.cnn` (134k parameters, dropout 0.5) reaches
+0.991 on average over seeds 0-4, against 0.978-0.986 for the default 51k-parameter MLP.
 
 Prints both models' parameter counts and test accuracies; writes ``convolution.png``: the
 first layer's 3x3 kernels (red positive, blue negative) and the two test-accuracy curves.
