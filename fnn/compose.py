@@ -130,6 +130,21 @@ def _chain(layers: tuple[Layer, ...]):
     return forward, backward, taps
 
 
+def _composite(name, init, forward, backward, children, taps, init_state=None) -> Layer:
+    """The record of a composite whose residuals are ``(anything, [child residuals])``."""
+    stateful = any(c.init_state is not None for c in children)
+    return Layer(
+        name,
+        init,
+        forward,
+        backward,
+        parts=tuple((f"[{i}]", c) for i, c in enumerate(children)),
+        taps=taps,
+        init_state=(init_state or _chain_init_state(children)) if stateful else None,
+        next_state=_chain_next_state(children),
+    )
+
+
 def _chain_init(layers, where: str):
     def init(key, in_shape, dtype=jnp.float32):
         params, shape = [], tuple(in_shape)
@@ -163,16 +178,7 @@ def serial(*layers) -> Layer:
         raise ValueError("serial: expected at least one layer, got none")
     name = "serial(" + ", ".join(lyr.name for lyr in layers) + ")"
     forward, backward, taps = _chain(layers)
-    return Layer(
-        name,
-        _chain_init(layers, "serial"),
-        forward,
-        backward,
-        parts=tuple((f"[{i}]", lyr) for i, lyr in enumerate(layers)),
-        taps=taps,
-        init_state=_chain_init_state(layers),
-        next_state=_chain_next_state(layers),
-    )
+    return _composite(name, _chain_init(layers, "serial"), forward, backward, layers, taps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,16 +221,7 @@ def residual(*layers) -> Layer:
         grads, dx = chain_backward(params, res, dy)
         return grads, dy + dx
 
-    return Layer(
-        name,
-        init,
-        forward,
-        backward,
-        parts=tuple((f"[{i}]", lyr) for i, lyr in enumerate(layers)),
-        taps=taps,
-        init_state=_chain_init_state(layers),
-        next_state=_chain_next_state(layers),
-    )
+    return _composite(name, init, forward, backward, layers, taps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,25 +303,7 @@ def parallel(*branches, combine: str = "concat") -> Layer:
         states = [init_state_of(b, in_shape, dtype) for b in branches]
         return states if jax.tree.leaves(states) else {}
 
-    def next_state(state, res):
-        if not isinstance(state, (list, tuple)):
-            return state
-        return [
-            s if b.next_state is None else b.next_state(s, r)
-            for b, s, r in zip(branches, state, res[1], strict=True)
-        ]
-
-    stateful = any(b.init_state is not None for b in branches)
-    return Layer(
-        name,
-        init,
-        forward,
-        backward,
-        parts=tuple((f"[{i}]", b) for i, b in enumerate(branches)),
-        taps=taps,
-        init_state=init_state if stateful else None,
-        next_state=next_state if any(b.next_state is not None for b in branches) else None,
-    )
+    return _composite(name, init, forward, backward, branches, taps, init_state)
 
 
 def sublayers(layer) -> dict[str, Layer]:
