@@ -162,4 +162,4 @@ def test_convolution_compares_a_parameter_matched_mlp_and_shows_kernels(tmp_path
     assert abs(r["cnn_params"] - r["mlp_params"]) <= 0.01 * r["cnn_params"]
     assert r["kernels"].shape == (3, 3, 1, 16)  # the first layer's kernels, as drawn
     # a few quick epochs already learn digits with both models
-    assert r["cnn_accuracy"] > 0.8 and r["mlp_accuracy"] > 0.8
+    assert r["cnn_accuracy"][-1] > 0.8 and r["mlp_accuracy"][-1] > 0.8  # per-epoch curves
