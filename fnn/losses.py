@@ -364,9 +364,9 @@ def _sce_grad(pred: Array, target: Array) -> Array:
     g = _softmax_rows(r) * jnp.sum(t, axis=-1, keepdims=True) - t
     # sum(g) is 0 in exact arithmetic; taking its rounding residue off the argmax (split among
     # ties) keeps the digits of p_max - 1 = -(sum of the other p), which cancel otherwise.
-    top = r.safe == jnp.max(r.safe, axis=-1, keepdims=True)
+    top = (r.safe == jnp.max(r.safe, axis=-1, keepdims=True)).astype(g.dtype)
     share = top / jnp.sum(top, axis=-1, keepdims=True)
-    return (g - share.astype(g.dtype) * jnp.sum(g, axis=-1, keepdims=True)) / pred.shape[0]
+    return (g - share * jnp.sum(g, axis=-1, keepdims=True)) / pred.shape[0]
 
 
 def _first_argmax(a: Array) -> Array:
@@ -382,7 +382,7 @@ def _first_argmax(a: Array) -> Array:
 
 def _sce_accuracy(pred: Array, target: Array) -> Array:
     if jnp.issubdtype(jnp.result_type(target), jnp.integer):
-        labels = target
+        labels = jnp.asarray(target).astype(jnp.int32)  # int64 labels under x64: no promotion
     else:
         labels = _first_argmax(target)
     return jnp.mean((_first_argmax(pred) == labels).astype(pred.dtype))
