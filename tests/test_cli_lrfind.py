@@ -114,8 +114,8 @@ def test_bad_flag_in_a_subprocess_is_one_line_and_exit_2(tmp_path):
     res = lr_find("--optimizer", "lbfgs", "--out", str(tmp_path))
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
-        "fnn lr-find: error: --optimizer: unknown 'lbfgs'; expected one of: adam, adamw, sgd, "
-        "gd, momentum, nesterov, rmsprop, adagrad"
+        "fnn lr-find: error: --optimizer: unknown 'lbfgs'; expected one of: gd, sgd, momentum, "
+        "nesterov, adam, adamw, rmsprop, adagrad"
     ]
     assert os.listdir(tmp_path) == []  # nothing written before the check
 

@@ -13,15 +13,13 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 
 import jax
 import numpy as np
-import optax
 
-from fnn import diagnostics, experiment, files, plots
+from fnn import diagnostics, experiment, files, optim, plots
 from fnn.cli import common
 from fnn.cli.common import UsageError
 
@@ -48,20 +46,6 @@ DEFAULTS = {
 MAX_STEPS = 1_000_000
 
 
-def optimizers() -> dict:
-    """name -> optax factory taking ``learning_rate`` (what ``lr_find`` schedules)."""
-    return {
-        "adam": optax.adam,
-        "adamw": optax.adamw,
-        "sgd": optax.sgd,
-        "gd": optax.sgd,  # the same rule as sgd; the name only says full batch
-        "momentum": functools.partial(optax.sgd, momentum=0.9),
-        "nesterov": functools.partial(optax.sgd, momentum=0.9, nesterov=True),
-        "rmsprop": optax.rmsprop,
-        "adagrad": optax.adagrad,
-    }
-
-
 def add_parser(sub) -> None:
     d = DEFAULTS
     p = sub.add_parser(
@@ -73,7 +57,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--optimizer",
         default=d["optimizer"],
-        help=f"{', '.join(optimizers())} (default {d['optimizer']})",
+        help=f"{', '.join(optim.NAMES)} (default {d['optimizer']})",
     )
     p.add_argument(
         "--min-lr",
@@ -126,7 +110,7 @@ def _parse(args) -> dict:
         "seed": args.seed,
     }
     common.check_model_flags(args)
-    common.check_choice(args.optimizer, tuple(optimizers()), "--optimizer")
+    common.check_choice(args.optimizer, optim.NAMES, "--optimizer")
     for flag, lr in (("--min-lr", args.min_lr), ("--max-lr", args.max_lr)):
         if not (lr > 0 and math.isfinite(lr)):
             raise UsageError(f"{flag}: expected a positive finite number, got {lr}")
@@ -178,7 +162,7 @@ def run(args) -> int:
         model,
         loss,
         (x, y),
-        optimizer=optimizers()[cfg["optimizer"]],
+        optimizer=optim.rule(cfg["optimizer"]),
         min_lr=cfg["min_lr"],
         max_lr=cfg["max_lr"],
         steps=cfg["steps"],
