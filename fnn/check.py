@@ -89,7 +89,18 @@ from fnn.fd import (  # noqa: F401  (re-exported: part of fnn.check's public API
 )
 from fnn.jacobian import Jacobian, JacobianLeaf, numerical_jacobian, numerical_jvp  # noqa: F401
 from fnn.models import Model, sublayers, taps
-from fnn.rule_report import LayerFinding, RuleReport, culprit_line, layer_table  # noqa: F401
+from fnn.rule_report import (  # noqa: F401  (LayerFinding, RuleReport: fnn.check's public API)
+    LayerFinding,
+    RuleReport,
+    failure_text,
+    layer_table,
+    report_failed,
+    report_fd_max_abs_err,
+    report_fd_max_rel_err,
+    report_max_abs_err,
+    report_max_rel_err,
+    report_ok,
+)
 
 # ---------------------------------------------------------------------------------------------
 # the three-way check of a model
@@ -146,37 +157,12 @@ class ModelReport(NamedTuple):
     layers: tuple[LayerFinding, ...] = ()
     autodiff_rules: tuple[str, ...] = ()
 
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.rows) and all(f.ok for f in self.layers)
-
-    @property
-    def failed(self) -> list[str]:
-        return [r.path for r in self.rows if not r.ok]
-
-    @property
-    def max_abs_err(self) -> float:
-        return max((r.autodiff.max_abs_err for r in self.rows), default=0.0)
-
-    @property
-    def max_rel_err(self) -> float:
-        return max((r.autodiff.max_rel_err for r in self.rows), default=0.0)
-
-    @property
-    def fd_max_abs_err(self) -> float | None:
-        return (
-            None
-            if self.fd_dtype is None
-            else max((r.fd.max_abs_err for r in self.rows), default=0.0)
-        )
-
-    @property
-    def fd_max_rel_err(self) -> float | None:
-        return (
-            None
-            if self.fd_dtype is None
-            else max((r.fd.max_rel_err for r in self.rows), default=0.0)
-        )
+    ok = report_ok
+    failed = report_failed
+    max_abs_err = report_max_abs_err
+    max_rel_err = report_max_rel_err
+    fd_max_abs_err = report_fd_max_abs_err
+    fd_max_rel_err = report_fd_max_rel_err
 
     @property
     def verdict(self) -> str:
@@ -190,12 +176,7 @@ class ModelReport(NamedTuple):
                 f"PASS: the manual backward agrees with jax.grad (max rel "
                 f"{fmt_num(self.max_rel_err)}){fd} on all {len(self.rows)} leaves"
             )
-        bad = [r for r in self.rows if not r.ok]
-        text = f"FAIL: {len(bad)} of {len(self.rows)} leaves disagree: " + "; ".join(
-            f"{r.path}: {r.diagnosis}" for r in bad
-        )
-        where = culprit_line(self.layers)
-        return f"{text}\n{where}" if where else text
+        return failure_text(self.rows, self.layers)
 
     @property
     def rules_line(self) -> str:

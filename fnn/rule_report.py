@@ -68,6 +68,60 @@ def culprit_line(findings) -> str:
     return "first wrong backward (in sweep order): " + "; ".join(f.describe() for f in bad)
 
 
+def all_ok(rows, findings) -> bool:
+    """Every leaf agrees with every witness, and every sub-layer's backward with ``jax.vjp``."""
+    return all(r.ok for r in rows) and all(f.ok for f in findings)
+
+
+def failed_paths(rows) -> list[str]:
+    """Paths of the failing leaves."""
+    return [r.path for r in rows if not r.ok]
+
+
+def worst(rows, witness: str, err: str) -> float | None:
+    """The largest ``err`` (``"max_abs_err"``/``"max_rel_err"``) of the rule against
+    ``witness`` (``"autodiff"``/``"fd"``) over ``rows``; ``None`` when no row has that
+    witness, ``0.0`` for no rows at all."""
+    found = [getattr(getattr(r, witness), err) for r in rows if getattr(r, witness) is not None]
+    if found:
+        return max(found)
+    return 0.0 if not rows else None
+
+
+def failure_text(rows, findings) -> str:
+    """The FAIL verdict: the disagreeing leaves with their diagnoses, then the culprits."""
+    bad = [r for r in rows if not r.ok]
+    text = f"FAIL: {len(bad)} of {len(rows)} leaves disagree: " + "; ".join(
+        f"{r.path}: {r.diagnosis}" for r in bad
+    )
+    where = culprit_line(findings)
+    return f"{text}\n{where}" if where else text
+
+
+# The summary both report types give (:class:`RuleReport` and :class:`fnn.check.ModelReport`
+# hold ``rows``, ``layers`` and ``fd_dtype``), as properties each class body takes by name.
+report_ok = property(
+    lambda self: all_ok(self.rows, self.layers),
+    doc="Whether every leaf agrees with every witness (and every sub-layer's backward with "
+    "``jax.vjp`` of its forward).",
+)
+report_failed = property(lambda self: failed_paths(self.rows), doc="Paths of the failing leaves.")
+report_max_abs_err = property(
+    lambda self: worst(self.rows, "autodiff", "max_abs_err"), doc="The rule against autodiff."
+)
+report_max_rel_err = property(
+    lambda self: worst(self.rows, "autodiff", "max_rel_err"), doc="The rule against autodiff."
+)
+report_fd_max_abs_err = property(
+    lambda self: None if self.fd_dtype is None else worst(self.rows, "fd", "max_abs_err"),
+    doc="The rule against finite differences (``None`` when they were not taken).",
+)
+report_fd_max_rel_err = property(
+    lambda self: None if self.fd_dtype is None else worst(self.rows, "fd", "max_rel_err"),
+    doc="The rule against finite differences (``None`` when they were not taken).",
+)
+
+
 def layer_table(findings):
     """The per-layer table of a localisation."""
     table = make_table(
@@ -109,32 +163,11 @@ class RuleReport(NamedTuple):
     note: str = ""
     layers: tuple[LayerFinding, ...] = ()
 
-    @property
-    def ok(self) -> bool:
-        """Whether the rule agrees with autodiff and finite differences on every leaf (and
-        every sub-layer's backward with ``jax.vjp`` of its forward)."""
-        return all(r.ok for r in self.rows) and all(f.ok for f in self.layers)
-
-    @property
-    def failed(self) -> list[str]:
-        """Paths of the failing leaves."""
-        return [r.path for r in self.rows if not r.ok]
-
-    @property
-    def max_abs_err(self) -> float:
-        """The rule against autodiff."""
-        return max((r.autodiff.max_abs_err for r in self.rows), default=0.0)
-
-    @property
-    def max_rel_err(self) -> float:
-        """The rule against autodiff."""
-        return max((r.autodiff.max_rel_err for r in self.rows), default=0.0)
-
-    @property
-    def fd_max_rel_err(self) -> float | None:
-        """The rule against finite differences (``None`` when not taken)."""
-        fd = [r.fd.max_rel_err for r in self.rows if r.fd is not None]
-        return max(fd) if fd else None
+    ok = report_ok
+    failed = report_failed
+    max_abs_err = report_max_abs_err
+    max_rel_err = report_max_rel_err
+    fd_max_rel_err = report_fd_max_rel_err
 
     @property
     def kinks(self) -> int:
@@ -154,12 +187,7 @@ class RuleReport(NamedTuple):
                 f"{self.samples} random {self._direction}s (max rel err: autodiff "
                 f"{fmt_num(self.max_rel_err)}{fd})"
             )
-        bad = [r for r in self.rows if not r.ok]
-        text = f"FAIL: {len(bad)} of {len(self.rows)} leaves disagree: " + "; ".join(
-            f"{r.path}: {r.diagnosis}" for r in bad
-        )
-        where = culprit_line(self.layers)
-        return f"{text}\n{where}" if where else text
+        return failure_text(self.rows, self.layers)
 
     @property
     def _direction(self) -> str:
