@@ -20,23 +20,18 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 
-from fnn import backprop, layers, models
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import _timing  # noqa: E402
+
+from fnn import backprop, layers, models  # noqa: E402
 
 FEATURES, HEADS, BATCH = 64, 4, 8
-
-
-def _time(fn, args, calls: int) -> float:
-    start = time.perf_counter()
-    out = None
-    for _ in range(calls):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / calls
 
 
 def build(kind: str, seq: int, keep: str):
@@ -66,22 +61,15 @@ def bench(kind: str, seq: int, keep: str, rounds: int, min_time: float) -> dict:
     autodiff = jax.jit(
         jax.value_and_grad(lambda p, xx, yy: jnp.mean((model.apply(p, xx) - yy) ** 2))
     )
-    args = (params, x, y)
-    for fn in (manual, autodiff):
-        for _ in range(3):
-            jax.block_until_ready(fn(*args))
-    once = max(_time(manual, args, 1), _time(autodiff, args, 1))
-    calls = max(1, int(min_time / max(once, 1e-6)))
-    tm, ta, ratios = [], [], []
-    for r in range(rounds):
-        order = [(manual, tm), (autodiff, ta)]
-        for fn, out in order if r % 2 == 0 else order[::-1]:
-            out.append(_time(fn, args, calls))
-        ratios.append(tm[-1] / ta[-1])
+    runners = {"manual": _timing.calls_of(manual, params, x, y)}
+    runners["autodiff"] = _timing.calls_of(autodiff, params, x, y)
+    times, calls = _timing.interleave(runners, rounds, min_time, warmup=3)
+    t_manual, t_auto = times["manual"], times["autodiff"]
+    ratio = _timing.median_ratios(times, "autodiff")["manual"]
     return {
-        "manual_ms": 1e3 * statistics.median(tm),
-        "autodiff_ms": 1e3 * statistics.median(ta),
-        "ratio": statistics.median(ratios),
+        "manual_ms": 1e3 * statistics.median(t_manual),
+        "autodiff_ms": 1e3 * statistics.median(t_auto),
+        "ratio": ratio,
     }
 
 

@@ -19,13 +19,17 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 
-import fnn
-from fnn import backprop, losses
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import _timing  # noqa: E402
+
+import fnn  # noqa: E402
+from fnn import backprop, losses  # noqa: E402
 
 # name: (sizes, batch) -- relu MLPs, float32, softmax cross-entropy over the last size
 SIZES = {
@@ -33,16 +37,6 @@ SIZES = {
     "medium": ([784, 512, 512, 10], 128),
     "large": ([1024, 4096, 4096, 1024], 512),
 }
-
-
-def _time(fn, args, calls: int) -> float:
-    """Seconds per call of ``calls`` back-to-back calls, blocking on the last result."""
-    start = time.perf_counter()
-    out = None
-    for _ in range(calls):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / calls
 
 
 def bench(name: str, rounds: int, min_time: float) -> dict:
@@ -56,19 +50,11 @@ def bench(name: str, rounds: int, min_time: float) -> dict:
 
     manual = jax.jit(backprop.value_and_grad(model, loss))
     autodiff = jax.jit(jax.value_and_grad(lambda p, xx, yy: loss.fn(model.apply(p, xx), yy)))
-    args = (params, x, y)
-    for fn in (manual, autodiff):  # compile and warm up (caches, thread pools)
-        for _ in range(3):
-            jax.block_until_ready(fn(*args))
-    once = max(_time(manual, args, 1), _time(autodiff, args, 1))
-    calls = max(1, int(min_time / max(once, 1e-6)))
-
-    t_manual, t_auto, ratios = [], [], []
-    for r in range(rounds):
-        order = [(manual, t_manual), (autodiff, t_auto)]
-        for fn, out in order if r % 2 == 0 else order[::-1]:
-            out.append(_time(fn, args, calls))
-        ratios.append(t_manual[-1] / t_auto[-1])
+    runners = {"manual": _timing.calls_of(manual, params, x, y)}
+    runners["autodiff"] = _timing.calls_of(autodiff, params, x, y)
+    times, calls = _timing.interleave(runners, rounds, min_time, warmup=3)
+    t_manual, t_auto = times["manual"], times["autodiff"]
+    ratio = _timing.median_ratios(times, "autodiff")["manual"]
     return {
         "sizes": sizes,
         "batch": batch,
@@ -76,7 +62,7 @@ def bench(name: str, rounds: int, min_time: float) -> dict:
         "calls_per_timing": calls,
         "manual_ms": 1e3 * statistics.median(t_manual),
         "autodiff_ms": 1e3 * statistics.median(t_auto),
-        "ratio": statistics.median(ratios),
+        "ratio": ratio,
         "ratio_of_medians": statistics.median(t_manual) / statistics.median(t_auto),
     }
 

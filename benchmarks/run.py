@@ -5,8 +5,9 @@ Per config (small 64-128-128-10 batch 32, medium 784-512-512-10 batch 128, large
 from fixed seeds), all in one process and in interleaved rounds (see ``_timing.py``):
 
 * **step**: ``fnn.train.make_step`` (autodiff and manual gradients; its default, the loss only;
-  "metrics": ``accuracy=True, grad_norm=True``; and "bare": a loss record without accuracy,
-  the same work as the raw step whatever the default) against the raw JAX step
+  "metrics": ``accuracy=True, grad_norm=True``; and "bare": fnn's engine on the raw step's own
+  arithmetic, a loss record holding raw's ``jax.nn.log_softmax`` cross-entropy, so that its
+  ratio is the engine's cost alone) against the raw JAX step
   (params a list of ``{"w", "b"}`` dicts, ``jax.jit`` with donation, ``optax.adam``), and
   every installed peer (``peers.py``). Ratios are medians over rounds of the per-round time /
   raw's time; below 1 is faster than raw.
@@ -26,7 +27,7 @@ Usage::
     python benchmarks/run.py --report PATH   # RESULTS.md and scaling.png from a saved JSON
     python benchmarks/run.py --report A.json --before-after B1.json A1.json [B2.json A2.json]
 
-``--quick`` takes under 2 minutes on 2 cores; ``--smoke`` (tiny configs, for the tests) a few
+``--quick`` takes about 5 minutes on 2 cores; ``--smoke`` (tiny configs, for the tests) a few
 seconds. Without ``--no-write`` a full or quick run rewrites ``RESULTS.md`` and ``scaling.png``.
 """
 
@@ -76,7 +77,7 @@ MODES = {
         scaling=([64, 256, 1024, 4096], [1, 8, 64, 256, 1024], 350),
     ),
     "quick": dict(
-        rounds=3,
+        rounds=5,
         min_time=0.1,
         warmup=1,
         large_rounds=2,
@@ -96,8 +97,9 @@ MODES = {
 }
 # name: (grad, make_step's metric options, accuracy kept on the loss record). fnn_autodiff and
 # fnn_manual are make_step's default (the loss only); "_metrics" asks for the accuracy and the
-# gradient norm (make_step's default until issue 15); "bare" also strips the loss record's
-# accuracy, i.e. exactly raw's work whatever make_step's default.
+# gradient norm (make_step's default until issue 15); "bare" swaps fnn's softmax cross-entropy
+# (issue 13's limits at +-inf and ulp-level log-probabilities: 3-7 more small kernels) for
+# raw's own formula, i.e. exactly raw's arithmetic, so it measures the engine alone.
 FNN_VARIANTS = {
     "fnn_autodiff": ("autodiff", {}, True),
     "fnn_manual": ("manual", {}, True),
@@ -135,12 +137,27 @@ def raw_runner(params, xs, ys):
     return run
 
 
-def fnn_runner(model, params, xs, ys, grad, options=None, accuracy=True):
-    """``fnn.train.make_step(..., **options)`` from its own :func:`fnn.train.init_state`."""
+def raw_loss() -> losses.Loss:
+    """The raw step's softmax cross-entropy (``jax.nn.log_softmax``, ``take_along_axis``) as a
+    :class:`fnn.losses.Loss` record with its textbook gradient and no accuracy."""
+
+    def fn(pred, labels):
+        logp = jax.nn.log_softmax(pred)
+        return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
+
+    def grad(pred, labels):
+        onehot = jax.nn.one_hot(labels, pred.shape[-1], dtype=pred.dtype)
+        return (jax.nn.softmax(pred) - onehot) / pred.shape[0]
+
+    sce = losses.get("softmax_cross_entropy")
+    return sce._replace(name="raw_softmax_cross_entropy", fn=fn, grad=grad, accuracy=None)
+
+
+def fnn_runner(model, params, xs, ys, grad, options=None, fnn_loss=True):
+    """``fnn.train.make_step(..., **options)`` from its own :func:`fnn.train.init_state`, with
+    fnn's softmax cross-entropy or (``fnn_loss=False``) :func:`raw_loss`."""
     opt = optax.adam(LR)
-    loss = losses.get("softmax_cross_entropy")
-    if not accuracy:
-        loss = loss._replace(accuracy=None)
+    loss = losses.get("softmax_cross_entropy") if fnn_loss else raw_loss()
     step = train.make_step(model, loss, opt, grad=grad, **(options or {}))
     box = [train.init_state(_copy(params), opt, jax.random.key(3))]
 
@@ -337,7 +354,7 @@ def available_peers(no_peers: bool, mode: str):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="fewer rounds, coarser sweep (<2 min)")
+    group.add_argument("--quick", action="store_true", help="fewer rounds, coarser sweep (~5 min)")
     group.add_argument("--smoke", action="store_true", help="tiny configs (tests)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--no-peers", action="store_true", help="fnn and raw JAX only")

@@ -37,8 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import fnn
-from fnn import train
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import _timing  # noqa: E402
+
+import fnn  # noqa: E402
+from fnn import train  # noqa: E402
 
 # name: (sizes, batch, examples in the fit epoch)
 CONFIGS = {
@@ -74,14 +79,6 @@ def raw_step_fn(opt):
 
 def _copy(tree):
     return jax.tree.map(jnp.copy, tree)
-
-
-def _median_ratio(times: dict, base: str) -> dict:
-    return {
-        k: statistics.median(a / b for a, b in zip(v, times[base], strict=True))
-        for k, v in times.items()
-        if k != base
-    }
 
 
 def bench_step(name: str, rounds: int, min_time: float) -> dict:
@@ -139,22 +136,9 @@ def bench_step(name: str, rounds: int, min_time: float) -> dict:
 
         variants["dot"] = run_dot
 
-    def timed(fn, calls):
-        start = time.perf_counter()
-        fn(calls)
-        return (time.perf_counter() - start) / calls
-
-    for fn in variants.values():  # compile and warm up
-        fn(3)
-    once = max(timed(fn, 1) for fn in variants.values())
-    calls = max(1, int(min_time / max(once, 1e-6)))
-    times = {k: [] for k in variants}
-    order = list(variants)
-    for r in range(rounds):
-        for k in order if r % 2 == 0 else order[::-1]:
-            times[k].append(timed(variants[k], calls))
+    times, calls = _timing.interleave(variants, rounds, min_time, warmup=3)
     dot_times = times.pop("dot", None)
-    ratios = _median_ratio(times, "raw")
+    ratios = _timing.median_ratios(times, "raw")
     out = {
         "sizes": sizes,
         "batch": batch,
