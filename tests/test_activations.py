@@ -61,7 +61,7 @@ def test_vjp_with_settings_matches_autodiff(name):
     check_vjp(act, x, dy, jit=False)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(
     name=st.sampled_from(NAMES),
     shape=st.lists(st.integers(1, 6), min_size=1, max_size=3).map(tuple),

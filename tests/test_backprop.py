@@ -135,20 +135,6 @@ def test_bridge_grad_equals_plain_grad_and_runs_the_manual_rules():
     assert check.compare(through_bridge, autodiff(buggy, bp, bx, by)[1]).failed == ["[2]['w']"]
 
 
-def test_bridge_vmap_per_example_grads_equal_a_loop():
-    model = fnn.mlp([3, 5, 2], activation="sigmoid", dtype=F64)
-    bridged = backprop.manual_vjp(model)
-    params, x, y = data(model, batch=5)
-
-    def one(m):
-        return jax.grad(lambda p, xi, yi: CE.fn(m.apply(p, xi[None, :]), yi[None]))
-
-    per_example = jax.jit(jax.vmap(one(bridged), in_axes=(None, 0, 0)))(params, x, y)
-    for i in range(x.shape[0]):
-        single = one(model)(params, x[i], y[i])
-        check.assert_grads_close(jax.tree.map(lambda g, i=i: g[i], per_example), single, rtol=1e-10)
-
-
 def test_bad_params_name_the_layer_and_shapes():
     model = fnn.mlp([3, 4, 2], activation="relu", dtype=F64)
     params, x, y = data(model)

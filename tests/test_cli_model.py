@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from fnn import cli
+
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
@@ -18,7 +20,7 @@ def fnn(*flags, timeout=600):
     )
 
 
-def test_train_cnn_learns_digits_with_its_backward_checked(tmp_path):
+def test_train_cnn_learns_digits_with_its_backward_checked(tmp_path, capsys):
     res = fnn(
         "train",
         "--model",
@@ -36,23 +38,14 @@ def test_train_cnn_learns_digits_with_its_backward_checked(tmp_path):
     assert result["config"]["model"] == "cnn"
     assert result["backward_check"]["ok"] is True
     assert result["test_accuracy"] >= 0.9  # 3 epochs; the full run is in the README
-    # --resume of that run with another --model is refused, naming both
-    again = fnn(
-        "train",
-        "--model",
-        "mlp",
-        "--epochs",
-        "3",
-        "--quiet",
-        "--resume",
-        "--out",
-        str(tmp_path / "run"),
-    )
-    assert again.returncode == 2
-    assert "--model saved cnn, given mlp" in again.stderr
+    # --resume of that run with another --model is refused, naming both (before any work, so
+    # in-process is as good as a subprocess here)
+    again = ["train", "--model", "mlp", "--epochs", "3", "--quiet", "--resume"]
+    assert cli.main([*again, "--out", str(tmp_path / "run")]) == 2
+    assert "--model saved cnn, given mlp" in capsys.readouterr().err
 
 
-def test_check_cnn_passes_and_bad_choices_are_named():
+def test_check_cnn_passes_and_bad_choices_are_named(capsys):
     res = fnn(
         "check",
         "--model",
@@ -68,7 +61,9 @@ def test_check_cnn_passes_and_bad_choices_are_named():
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "PASS" in res.stdout
-    bad = fnn("check", "--model", "cnn", "--sizes", "60,10")
-    assert bad.returncode == 2 and "--model cnn: --sizes image_shape: 60 features" in bad.stderr
-    other = fnn("train", "--model", "resnet", "--epochs", "1")
-    assert other.returncode == 2 and "--model" in other.stderr and "mlp, cnn" in other.stderr
+    # usage errors come before any work: in-process
+    assert cli.main(["check", "--model", "cnn", "--sizes", "60,10"]) == 2
+    assert "--model cnn: --sizes image_shape: 60 features" in capsys.readouterr().err
+    assert cli.main(["train", "--model", "resnet", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--model" in err and "mlp, cnn" in err

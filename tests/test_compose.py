@@ -173,8 +173,12 @@ def test_a_custom_layer_without_backward_trains_with_the_manual_sweep():
     assert history["train_loss"][-1] < history["train_loss"][0]
 
 
-def test_bridge_over_residual_and_parallel_gives_per_example_grads():
-    model = models.build(parallel_in_residual_in_serial(), (4,), F64)
+@pytest.mark.parametrize("composite", [False, True], ids=["mlp", "residual+parallel"])
+def test_bridge_vmap_gives_per_example_grads_equal_to_a_loop(composite):
+    if composite:
+        model = models.build(parallel_in_residual_in_serial(), (4,), F64)
+    else:
+        model = fnn.mlp([3, 5, 2], activation="sigmoid", dtype=F64)
     bridged = backprop.manual_vjp(model)
     params, x, y = setup(model, batch=4)
 
@@ -204,8 +208,8 @@ def test_bridge_refuses_forward_mode_with_a_hint():
     def loss(m):
         return lambda b: CE.fn(m.apply([params[0], {}, {**params[2], "b": b}], x), labels)
 
-    h1 = jax.hessian(loss(bridged))(params[2]["b"])
-    h2 = jax.hessian(loss(model))(params[2]["b"])
+    h1 = jax.jit(jax.hessian(loss(bridged)))(params[2]["b"])
+    h2 = jax.jit(jax.hessian(loss(model)))(params[2]["b"])
     np.testing.assert_allclose(h1, h2, rtol=1e-10, atol=1e-14)
 
 

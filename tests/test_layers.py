@@ -55,13 +55,13 @@ def test_dense(jit):
     assert_backward_matches_vjp(layers.dense(4), (3,), jit=jit)
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(fan_in=st.integers(1, 7), fan_out=st.integers(1, 7), batch=st.integers(1, 6))
 def test_dense_any_shape(fan_in, fan_out, batch):
     assert_backward_matches_vjp(layers.dense(fan_out), (fan_in,), batch=batch)
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(lead=st.lists(st.integers(1, 4), min_size=1, max_size=2), fan_out=st.integers(1, 5))
 def test_dense_on_the_last_axis_of_sequences(lead, fan_out):
     # [batch, seq, features] -> [batch, seq, fan_out]: the weights are shared along seq.

@@ -58,7 +58,7 @@ def test_value_matches_optax_and_grad_matches_autodiff(name, onehot, jit):
     assert rel_err(got, want) <= 1e-10
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(
     name=st.sampled_from(losses.NAMES),
     batch=st.integers(1, 8),
