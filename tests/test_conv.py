@@ -50,7 +50,7 @@ paddings = st.one_of(
 )
 
 
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(
     # at least 5: the largest dilated kernel, 1 + (3 - 1) * 2, fits unpadded (VALID) input
     hw=st.tuples(st.integers(5, 9), st.integers(5, 9)),
@@ -81,7 +81,7 @@ def test_conv2d_backward_equals_vjp_in_float64(
     assert max(errs.values()) <= 1e-10, errs
 
 
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(
     hw=st.tuples(st.integers(3, 8), st.integers(3, 8)),
     window=st.tuples(st.integers(1, 3), st.integers(1, 3)),
